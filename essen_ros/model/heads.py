@@ -1,0 +1,94 @@
+"""Task heads shared by the two-tower and one-tower models, and their losses.
+
+pooled = [text-CLS pooler ; image-CLS pooler] (2 x width), as in the ESsEN configs.
+- ITM: pooled -> 2 classes (match / no match).
+- MLM: fused text tokens -> vocabulary, decoder tied to the word embeddings.
+- VQA: pooled -> answer vocabulary.
+- Grounding: every fused image cell gets a logit (softmax over cells = where the target is)
+  and a box regressed from the cell centre (distances to the four edges, as fractions of the
+  input size); a found logit from the pooled feature says whether anything matches at all.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import generalized_box_iou_loss
+
+
+def mlp(width_in: int, hidden: int, width_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width_in, hidden), nn.LayerNorm(hidden), nn.GELU(),
+                         nn.Dropout(dropout), nn.Linear(hidden, width_out))
+
+
+class Pooler(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.text = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        self.image = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+
+    def forward(self, text, image):
+        return torch.cat([self.text(text[:, 0]), self.image(image[:, 0])], dim=-1)
+
+
+class MLMHead(nn.Module):
+    def __init__(self, width: int, embedding: nn.Embedding):
+        super().__init__()
+        hidden = embedding.embedding_dim
+        self.transform = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.LayerNorm(hidden))
+        self.decoder = nn.Linear(hidden, embedding.num_embeddings)
+        self.decoder.weight = embedding.weight  # tied: saves vocab x hidden parameters
+
+    def forward(self, text_tokens):
+        return self.decoder(self.transform(text_tokens))
+
+
+class GroundingHead(nn.Module):
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        self.cells = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 5))
+        self.found = mlp(2 * width, 2 * width, 1, dropout)
+
+    def forward(self, image_tokens, pooled, grid):
+        """-> cell_logits (B, h*w), boxes (B, h*w, 4) normalised xyxy, found_logit (B,)."""
+        out = self.cells(image_tokens[:, 1:])
+        h, w = grid
+        ys, xs = torch.meshgrid(torch.arange(h, device=out.device, dtype=out.dtype),
+                                torch.arange(w, device=out.device, dtype=out.dtype), indexing="ij")
+        cx, cy = ((xs + 0.5) / w).reshape(-1), ((ys + 0.5) / h).reshape(-1)
+        dist = F.softplus(out[..., 1:])
+        boxes = torch.stack([cx - dist[..., 0], cy - dist[..., 1], cx + dist[..., 2], cy + dist[..., 3]], dim=-1)
+        return out[..., 0], boxes, self.found(pooled).squeeze(-1)
+
+
+class Heads(nn.Module):
+    def __init__(self, width: int, n_answers: int, embedding: nn.Embedding, dropout: float):
+        super().__init__()
+        self.pooler = Pooler(width)
+        self.itm = mlp(2 * width, 2 * width, 2, dropout)
+        self.vqa = mlp(2 * width, 2 * width, n_answers, dropout)
+        self.mlm = MLMHead(width, embedding)
+        self.grounding = GroundingHead(width, dropout)
+
+
+# ---- losses ----------------------------------------------------------------------------
+
+def target_cells(boxes_norm: torch.Tensor, grid) -> torch.Tensor:
+    """Index of the cell holding each (normalised xyxy) box centre."""
+    h, w = grid
+    cx = ((boxes_norm[:, 0] + boxes_norm[:, 2]) / 2).clamp(0, 1 - 1e-6)
+    cy = ((boxes_norm[:, 1] + boxes_norm[:, 3]) / 2).clamp(0, 1 - 1e-6)
+    return (cy * h).long() * w + (cx * w).long()
+
+
+def grounding_loss(cell_logits, boxes, found_logit, target_box, found, grid, box_weight: float = 2.0):
+    """CE over cells + L1 + GIoU at the target cell (found items only) + BCE on found."""
+    loss = F.binary_cross_entropy_with_logits(found_logit, found.float())
+    pos = found.bool()
+    if pos.any():
+        cells = target_cells(target_box[pos], grid)
+        loss = loss + F.cross_entropy(cell_logits[pos], cells)
+        pred = boxes[pos].gather(1, cells.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+        loss = loss + box_weight * (F.l1_loss(pred, target_box[pos])
+                                    + generalized_box_iou_loss(pred, target_box[pos], reduction="mean"))
+    return loss
