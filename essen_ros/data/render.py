@@ -1,0 +1,306 @@
+"""MuJoCo offscreen renderer for tabletop scenes: RGB image, segmentation, exact boxes.
+
+Usage (training data, the simulated camera, tests)::
+
+    from essen_ros.data.render import Renderer
+    from essen_ros.data.scene import sample_scene, relations, orbit_camera
+    renderer = Renderer(480, 320)
+    scene = sample_scene(np.random.default_rng(0))
+    result = renderer.render(scene)                # or render(scene, camera=Camera(...))
+    result.rgb        # (H, W, 3) uint8 RGB
+    result.seg        # (H, W) int16: object index, -1 for floor/background
+    result.boxes      # per object [x0, y0, x1, y1] in pixels (edges), None when not in view
+    result.visible    # per object: enough of it is seen to be a target/referent
+    relations(scene.objects, result.camera)     # camera-relative relations for that camera
+
+A moving camera just passes a different `Camera` per frame; the objects stay put.
+
+The renderer builds one MuJoCo model with a slot per possible object (a box, a sphere and a
+cylinder geom each) and reconfigures sizes, poses, materials, lights and camera in place for
+every scene: compiling a model per image would cost more than rendering it.
+
+Back-end: MuJoCo's OpenGL context is chosen by the `MUJOCO_GL` environment variable, set to
+`egl` here unless the user set it (Mesa's software EGL renders without a GPU).
+`MUJOCO_GL=osmesa` works after `apt-get install libosmesa6`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
+import numpy as np  # noqa: E402
+
+from essen_ros.data.scene import MAX_OBJECTS, Camera, Lighting, Scene  # noqa: E402
+from essen_ros.data.vocab import SHAPES, SIZE_RADIUS  # noqa: E402
+
+MIN_VISIBLE_FRACTION = 0.3   # below this share of its unoccluded silhouette, an object is "hidden"
+MIN_VISIBLE_PIXELS = 30
+
+_HIDDEN_GROUP = 3            # geom group switched off in the render options: unused slots
+_SHAPE_GEOM = {"cube": "box", "sphere": "sphere", "cylinder": "cylinder"}
+
+
+@dataclass
+class RenderResult:
+    rgb: np.ndarray            # (H, W, 3) uint8 RGB
+    seg: np.ndarray            # (H, W) int16 object index, -1 background
+    boxes: list                # per object [x0, y0, x1, y1] or None (no pixel in view)
+    centers: list              # per object [u, v]: projection of its 3D centre
+    pixels: list               # per object: number of visible pixels
+    visible_fraction: list     # per object: visible pixels / unoccluded silhouette area
+    visible: list              # per object: usable as a target / referent
+    camera: Camera
+
+
+class RendererUnavailable(RuntimeError):
+    pass
+
+
+def _model_xml(width: int, height: int) -> str:
+    slots = []
+    for slot in range(MAX_OBJECTS):
+        for shape in SHAPES:
+            slots.append(f'<geom name="o{slot}_{shape}" type="{_SHAPE_GEOM[shape]}" '
+                         f'size="0.5 0.5 0.5" pos="0 0 -50" group="{_HIDDEN_GROUP}" '
+                         f'material="m{slot}_{shape}" contype="0" conaffinity="0"/>')
+    materials = "".join(f'<material name="m{slot}_{shape}" rgba="0.5 0.5 0.5 1"/>'
+                        for slot in range(MAX_OBJECTS) for shape in SHAPES)
+    return f"""<mujoco>
+  <statistic extent="7" center="0 0 0.5"/>
+  <visual>
+    <global offwidth="{width}" offheight="{height}"/>
+    <quality shadowsize="512" offsamples="0"/>
+    <map znear="0.02" zfar="30" shadowclip="1.2"/>
+    <headlight ambient="0.25 0.25 0.25" diffuse="0 0 0" specular="0 0 0"/>
+  </visual>
+  <asset>
+    <material name="floor" rgba="0.55 0.55 0.55 1" specular="0.05" shininess="0.05"/>
+    {materials}
+  </asset>
+  <worldbody>
+    <light name="key" directional="true" castshadow="true" pos="0 0 10" dir="0 0 -1"
+           diffuse="0.7 0.7 0.7" specular="0.4 0.4 0.4"/>
+    <light name="fill" directional="true" castshadow="false" pos="0 0 10" dir="0 0 -1"
+           diffuse="0.25 0.25 0.25" specular="0.05 0.05 0.05"/>
+    <geom name="floor" type="plane" size="120 120 0.1" material="floor"/>
+    {''.join(slots)}
+    <camera name="view" pos="10 0 5" xyaxes="0 1 0 -0.4 0 1" fovy="34"/>
+  </worldbody>
+</mujoco>"""
+
+
+class Renderer:
+    """Offscreen renderer of `Scene`s at a fixed image size (create one per size)."""
+
+    def __init__(self, width: int = 480, height: int = 320):
+        if int(width) < 16 or int(height) < 16:
+            raise ValueError(f"image size {width}x{height} too small (>= 16 px each side)")
+        self.width, self.height = int(width), int(height)
+        self.model = mujoco.MjModel.from_xml_string(_model_xml(self.width, self.height))
+        self.data = mujoco.MjData(self.model)
+        try:
+            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+        except Exception as error:  # no GL back-end: tell the user what to set
+            raise RendererUnavailable(
+                f"MuJoCo could not open an offscreen OpenGL context with MUJOCO_GL="
+                f"{os.environ.get('MUJOCO_GL')!r} ({error}). Set MUJOCO_GL=egl (needs Mesa's "
+                f"libegl1 / libgl1-mesa-dri) or MUJOCO_GL=osmesa (apt-get install libosmesa6) "
+                f"before starting Python.") from error
+        self._option = mujoco.MjvOption()
+        self._option.geomgroup[_HIDDEN_GROUP] = 0
+        m = self.model
+        self._geom = {(slot, shape): mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM,
+                                                       f"o{slot}_{shape}")
+                      for slot in range(MAX_OBJECTS) for shape in SHAPES}
+        self._floor_material = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, "floor")
+        self._camera_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "view")
+        self._key = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_LIGHT, "key")
+        self._fill = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_LIGHT, "fill")
+
+    def close(self):
+        self._renderer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- configuring the model in place --------------------------------------------------
+    def _apply(self, scene: Scene, camera: Camera) -> np.ndarray:
+        m = self.model
+        if len(scene.objects) > MAX_OBJECTS:
+            raise ValueError(f"{len(scene.objects)} objects: the renderer holds {MAX_OBJECTS}")
+        geom_to_object = np.full(m.ngeom, -1, np.int16)
+        for geom in self._geom.values():
+            m.geom_group[geom] = _HIDDEN_GROUP
+            m.geom_pos[geom] = (0.0, 0.0, -50.0)
+        for index, obj in enumerate(scene.objects):
+            geom = self._geom[(index, obj.shape)]
+            geom_to_object[geom] = index
+            r = SIZE_RADIUS[obj.size]
+            if obj.shape == "cube":
+                half = r / math.sqrt(2.0)
+                size = (half, half, half)
+                rbound = half * math.sqrt(3.0)
+            elif obj.shape == "sphere":
+                size, rbound = (r, 0.0, 0.0), r
+            else:
+                size, rbound = (r, r, 0.0), r * math.sqrt(2.0)
+            m.geom_size[geom] = size
+            m.geom_rbound[geom] = rbound
+            m.geom_aabb[geom] = (0.0, 0.0, 0.0, rbound, rbound, rbound)
+            m.geom_group[geom] = 0
+            m.geom_pos[geom] = obj.position
+            half_angle = math.radians(obj.rotation) / 2.0
+            m.geom_quat[geom] = (math.cos(half_angle), 0.0, 0.0, math.sin(half_angle))
+            rgb = obj.rgb if obj.rgb is not None else _clevr_rgb(obj.color)
+            material = m.geom_matid[geom]
+            if obj.material == "metal":
+                # Shiny: darker body, strong tight highlight (CLEVR's metal is a mirror-ish BSDF).
+                m.mat_rgba[material] = (*(0.8 * np.asarray(rgb)), 1.0)
+                m.mat_specular[material] = 1.0
+                m.mat_shininess[material] = 0.9
+            else:
+                m.mat_rgba[material] = (*rgb, 1.0)
+                m.mat_specular[material] = 0.08
+                m.mat_shininess[material] = 0.1
+            m.geom_rgba[geom] = m.mat_rgba[material]
+        self._apply_lighting(scene.lighting, camera)
+        self._apply_camera(camera)
+        mujoco.mj_kinematics(m, self.data)
+        mujoco.mj_camlight(m, self.data)
+        return geom_to_object
+
+    def _apply_lighting(self, light: Lighting, camera: Camera):
+        m = self.model
+        gray = light.floor_gray
+        m.mat_rgba[self._floor_material] = (gray, gray, gray, 1.0)
+        m.vis.headlight.ambient[:] = light.ambient
+        # The key light comes from the camera's side, turned by key_azimuth, like CLEVR's.
+        _, _, forward = camera.axes()
+        view_azimuth = math.atan2(forward[1], forward[0])
+        az = view_azimuth + math.pi + math.radians(light.key_azimuth)
+        el = math.radians(light.key_elevation)
+        to_light = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az),
+                             math.sin(el)])
+        m.light_dir[self._key] = -to_light
+        m.light_pos[self._key] = 10.0 * to_light
+        m.light_diffuse[self._key] = light.key_intensity
+        az_fill = view_azimuth + math.pi - math.radians(light.key_azimuth) + 0.5
+        to_fill = np.array([math.cos(az_fill) * 0.7, math.sin(az_fill) * 0.7, 0.7])
+        m.light_dir[self._fill] = -to_fill
+        m.light_pos[self._fill] = 10.0 * to_fill
+        m.light_diffuse[self._fill] = light.fill_intensity
+
+    def _apply_camera(self, camera: Camera):
+        m = self.model
+        right, up, forward = camera.axes()
+        rotation = np.stack([right, up, -forward], axis=1)  # columns: camera x, y, z in world
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, rotation.flatten())
+        m.cam_pos[self._camera_id] = camera.position
+        m.cam_quat[self._camera_id] = quat
+        m.cam_fovy[self._camera_id] = camera.fovy
+
+    # -- rendering -----------------------------------------------------------------------
+    def render(self, scene: Scene, camera: Camera | None = None) -> RenderResult:
+        camera = camera or scene.camera
+        geom_to_object = self._apply(scene, camera)
+        r = self._renderer
+        r.update_scene(self.data, camera=self._camera_id, scene_option=self._option)
+        rgb = r.render().copy()
+        r.enable_segmentation_rendering()
+        try:
+            seg_raw = r.render()
+        finally:
+            r.disable_segmentation_rendering()
+        geom_ids = seg_raw[..., 0]
+        is_geom = (seg_raw[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)) & (geom_ids >= 0)
+        seg = np.where(is_geom, geom_to_object[np.clip(geom_ids, 0, None)], -1).astype(np.int16)
+        return self._annotate(scene, camera, rgb, seg)
+
+    def _annotate(self, scene, camera, rgb, seg) -> RenderResult:
+        n = len(scene.objects)
+        counts = np.bincount(seg.ravel() + 1, minlength=n + 1)[1:]
+        boxes, pixels, fractions, visible, centers = [], [], [], [], []
+        for index, obj in enumerate(scene.objects):
+            count = int(counts[index])
+            if count:
+                mask = seg == index
+                rows = np.flatnonzero(mask.any(axis=1))
+                cols = np.flatnonzero(mask.any(axis=0))
+                boxes.append([int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1])
+            else:
+                boxes.append(None)
+            full_area = silhouette_area(obj, camera, self.width, self.height)
+            fraction = count / full_area if full_area > 0 else 0.0
+            pixels.append(count)
+            fractions.append(round(float(fraction), 3))
+            visible.append(bool(count >= MIN_VISIBLE_PIXELS and fraction >= MIN_VISIBLE_FRACTION))
+            u, v = camera.project([obj.position], self.width, self.height)[0]
+            centers.append([round(float(u), 1), round(float(v), 1)])
+        return RenderResult(rgb, seg, boxes, centers, pixels, fractions, visible, camera)
+
+
+def _clevr_rgb(color: str):
+    from essen_ros.data.vocab import CLEVR_RGB
+    return tuple(c / 255.0 for c in CLEVR_RGB[color])
+
+
+def _unit_sphere_points(count: int = 96) -> np.ndarray:
+    i = np.arange(count) + 0.5
+    phi = np.arccos(1 - 2 * i / count)
+    theta = math.pi * (1 + 5 ** 0.5) * i
+    return np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], 1)
+
+
+_SPHERE = _unit_sphere_points()
+_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * math.pi, 40, endpoint=False)),
+                    np.sin(np.linspace(0, 2 * math.pi, 40, endpoint=False))], 1)
+_CYLINDER = np.concatenate([np.c_[_CIRCLE, np.full(40, z)] for z in (-1.0, 1.0)])
+_CUBE = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+
+
+def surface_points(obj) -> np.ndarray:
+    """Points on the object's outline in world coordinates; all shapes are convex, so the
+    convex hull of their projection is the unoccluded silhouette."""
+    r = SIZE_RADIUS[obj.size]
+    if obj.shape == "sphere":
+        local = _SPHERE * r
+    elif obj.shape == "cylinder":
+        local = _CYLINDER * r
+    else:
+        local = _CUBE * (r / math.sqrt(2.0))
+    a = math.radians(obj.rotation)
+    rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    return local @ rot.T + np.asarray(obj.position, float)
+
+
+def silhouette_area(obj, camera: Camera, width: int, height: int) -> float:
+    """Pixel area the object would cover with nothing in front of it (inside or outside the
+    frame: an object cut by the image border counts as partly hidden)."""
+    return _convex_hull_area(camera.project(surface_points(obj), width, height))
+
+
+def _convex_hull_area(points: np.ndarray) -> float:
+    pts = sorted(map(tuple, np.round(points, 4)))
+    if len(pts) < 3:
+        return 0.0
+
+    def half(seq):
+        hull = []
+        for p in seq:
+            while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
+                                      - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])) <= 0:
+                hull.pop()
+            hull.append(p)
+        return hull
+
+    hull = np.array(half(pts)[:-1] + half(pts[::-1])[:-1])
+    x, y = hull[:, 0], hull[:, 1]
+    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
