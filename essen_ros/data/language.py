@@ -568,8 +568,9 @@ class LanguageGenerator:
             if not found and reference["attrs"]:
                 return {"exist": reference}
             if found and len(found) < 10:
-                wrong = len(found) + int(rng.choice([-1, 1, 2])) if len(found) > 1 else len(found) + int(rng.choice([1, 2]))
-                return {"count": reference, "n": wrong}
+                options = [n for n in (len(found) - 1, len(found) + 1, len(found) + 2)
+                           if 1 <= n <= 10]
+                return {"count": reference, "n": int(rng.choice(options))}
         return None
 
     def _caption_text(self, clauses) -> str:

@@ -73,7 +73,7 @@ def _model_xml(width: int, height: int) -> str:
   <statistic extent="7" center="0 0 0.5"/>
   <visual>
     <global offwidth="{width}" offheight="{height}"/>
-    <quality shadowsize="512" offsamples="0"/>
+    <quality shadowsize="768" offsamples="0"/>
     <map znear="0.02" zfar="30" shadowclip="1.2"/>
     <headlight ambient="0.25 0.25 0.25" diffuse="0 0 0" specular="0 0 0"/>
   </visual>
@@ -82,8 +82,8 @@ def _model_xml(width: int, height: int) -> str:
     {materials}
   </asset>
   <worldbody>
-    <light name="key" directional="true" castshadow="true" pos="0 0 10" dir="0 0 -1"
-           diffuse="0.7 0.7 0.7" specular="0.4 0.4 0.4"/>
+    <light name="key" type="spot" castshadow="true" pos="0 0 10" dir="0 0 -1" cutoff="50"
+           exponent="2" bulbradius="0.6" diffuse="0.7 0.7 0.7" specular="0.5 0.5 0.5"/>
     <light name="fill" directional="true" castshadow="false" pos="0 0 10" dir="0 0 -1"
            diffuse="0.25 0.25 0.25" specular="0.05 0.05 0.05"/>
     <geom name="floor" type="plane" size="120 120 0.1" material="floor"/>
@@ -109,7 +109,7 @@ class Renderer:
                 f"MuJoCo could not open an offscreen OpenGL context with MUJOCO_GL="
                 f"{os.environ.get('MUJOCO_GL')!r} ({error}). Set MUJOCO_GL=egl (needs Mesa's "
                 f"libegl1 / libgl1-mesa-dri) or MUJOCO_GL=osmesa (apt-get install libosmesa6) "
-                f"before starting Python.") from error
+                f"before Python imports mujoco (import essen_ros.data.render first, or export it).") from error
         self._option = mujoco.MjvOption()
         self._option.geomgroup[_HIDDEN_GROUP] = 0
         m = self.model
@@ -162,13 +162,15 @@ class Renderer:
             material = m.geom_matid[geom]
             if obj.material == "metal":
                 # Shiny: darker body, strong tight highlight (CLEVR's metal is a mirror-ish BSDF).
-                m.mat_rgba[material] = (*(0.8 * np.asarray(rgb)), 1.0)
+                m.mat_rgba[material] = (*(0.75 * np.asarray(rgb)), 1.0)
                 m.mat_specular[material] = 1.0
-                m.mat_shininess[material] = 0.9
+                m.mat_shininess[material] = 0.6
+                m.mat_emission[material] = 0.15
             else:
                 m.mat_rgba[material] = (*rgb, 1.0)
                 m.mat_specular[material] = 0.08
                 m.mat_shininess[material] = 0.1
+                m.mat_emission[material] = 0.0
             m.geom_rgba[geom] = m.mat_rgba[material]
         self._apply_lighting(scene.lighting, camera)
         self._apply_camera(camera)
@@ -188,8 +190,10 @@ class Renderer:
         el = math.radians(light.key_elevation)
         to_light = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az),
                              math.sin(el)])
+        # A spot light at a finite distance: the floor darkens away from it like CLEVR's,
+        # and its bulb radius softens the shadows.
         m.light_dir[self._key] = -to_light
-        m.light_pos[self._key] = 10.0 * to_light
+        m.light_pos[self._key] = 14.0 * to_light
         m.light_diffuse[self._key] = light.key_intensity
         az_fill = view_azimuth + math.pi - math.radians(light.key_azimuth) + 0.5
         to_fill = np.array([math.cos(az_fill) * 0.7, math.sin(az_fill) * 0.7, 0.7])

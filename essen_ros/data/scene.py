@@ -104,10 +104,10 @@ class Camera:
 class Lighting:
     key_azimuth: float = -40.0     # degrees relative to the camera's viewing direction
     key_elevation: float = 50.0    # degrees above the floor
-    key_intensity: float = 0.75
-    fill_intensity: float = 0.25
-    ambient: float = 0.25
-    floor_gray: float = 0.55
+    key_intensity: float = 0.6
+    fill_intensity: float = 0.22
+    ambient: float = 0.33
+    floor_gray: float = 0.52
 
 
 @dataclass
@@ -215,10 +215,10 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, *,
             fovy=clevr_fovy(width, height, zoom=float(rng.uniform(0.9, 1.1))))
         lighting = Lighting(key_azimuth=float(rng.uniform(-80.0, 0.0)),
                             key_elevation=float(rng.uniform(35.0, 70.0)),
-                            key_intensity=float(rng.uniform(0.55, 0.85)),
-                            fill_intensity=float(rng.uniform(0.15, 0.35)),
-                            ambient=float(rng.uniform(0.18, 0.32)),
-                            floor_gray=float(rng.uniform(0.42, 0.62)))
+                            key_intensity=float(rng.uniform(0.45, 0.7)),
+                            fill_intensity=float(rng.uniform(0.15, 0.3)),
+                            ambient=float(rng.uniform(0.28, 0.38)),
+                            floor_gray=float(rng.uniform(0.45, 0.62)))
     else:
         camera = clevr_camera(width, height)
         lighting = Lighting()
