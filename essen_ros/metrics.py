@@ -98,6 +98,12 @@ def score_grounding_item(record: dict, iou_threshold: float = IOU_THRESHOLD) -> 
         correct = not pred_found
         return {"iou": None, "correct_iou": correct, "correct_centre": correct,
                 "box_hit_iou": None, "box_hit_centre": None}
+    if pred_box is None and not pred_found:
+        # Live results carry no box when nothing was found: the box alone cannot be judged.
+        centre_defined = centre_nearest_hit(None, record.get("objects"), record.get("target")) is not None
+        return {"iou": None, "correct_iou": False,
+                "correct_centre": False if centre_defined else None,
+                "box_hit_iou": None, "box_hit_centre": None}
     overlap = iou(pred_box, record.get("true_box"))
     box_hit_iou = overlap >= iou_threshold
     box_hit_centre = centre_nearest_hit(pred_box, record.get("objects"), record.get("target"))

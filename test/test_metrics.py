@@ -144,3 +144,11 @@ def test_dropped_frames_and_fps():
     assert d == {"sent": 4, "answered": 2, "dropped": 2, "drop_rate": 0.5}
     assert metrics.frames_per_second(30, 2.0) == 15.0
     assert metrics.frames_per_second(3, 0.0) is None
+
+
+def test_not_found_without_box_is_wrong_but_box_alone_is_not_judged():
+    # Live results carry no box when the node found nothing.
+    records = [ground(None, pred_found=False), ground([100, 0, 140, 40])]
+    m = metrics.grounding_metrics(records)["overall"]
+    assert m["acc_iou"] == 0.5 and m["acc_centre"] == 0.5
+    assert m["box_acc_iou"] == 1.0  # only the record with a box is judged on its box
