@@ -193,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="essen-datagen", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="dataset folder to create")
-    p.add_argument("--images", type=int, required=True, help="number of images")
+    p.add_argument("--images", type=int, help="number of images (with --from-clevr: at most this many scenes)")
+    p.add_argument("--from-clevr", metavar="SCENES_JSON",
+                   help="instead of rendering, write texts for CLEVR v1.0's own scenes "
+                        "(CLEVR_v1.0/scenes/CLEVR_<split>_scenes.json; images referenced in place)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--width", type=int, default=480)
@@ -212,11 +215,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", type=int, default=2, help="captions per image (half mismatched)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--contact-sheet", action="store_true",
+                   help="also write <out>/contact_sheet.png (images with boxes and texts)")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.from_clevr:
+        from essen_ros.data.clevr import convert
+        try:
+            counts = convert(args.from_clevr, args.out, limit=args.images, seed=args.seed,
+                             overwrite=args.overwrite, progress=not args.no_progress,
+                             texts=(args.ground, args.negatives, args.vqa, args.captions))
+        except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as error:
+            print(f"essen-datagen: error: {error}", file=sys.stderr)
+            return 2
+        print(f"essen-datagen: wrote {counts['items']} items for {counts['scenes']} CLEVR scenes "
+              f"to {args.out} ({counts['skipped_scenes']} skipped, camera fit rms <= "
+              f"{counts['max_fit_rms_px']} px)")
+        return 0
+    if args.images is None:
+        parser.error("--images is required (or --from-clevr)")
     config = GenerationConfig(
         images=args.images, seed=args.seed, width=args.width, height=args.height,
         vary_size=args.vary_size, min_objects=args.min_objects, max_objects=args.max_objects,
@@ -233,6 +254,9 @@ def main(argv=None) -> int:
     except RuntimeError as error:  # e.g. no OpenGL back-end
         print(f"essen-datagen: error: {error}", file=sys.stderr)
         return 3
+    if args.contact_sheet:
+        from essen_ros.data.contact_sheet import make_contact_sheet
+        make_contact_sheet(args.out, Path(args.out) / "contact_sheet.png")
     print(f"essen-datagen: wrote {counts['images']} images, {counts['items']} items "
           f"({counts['ground']} ground, {counts['vqa']} vqa, {counts['caption']} caption) to "
           f"{args.out} in {counts['seconds']} s ({counts['images_per_second']} images/s)")

@@ -59,12 +59,12 @@ MATERIAL_POSTFIX = {"metal": ["made of metal", "made of steel", "that is metalli
 RELATION_PHRASES = {
     "left": [("left of", 4), ("to the left of", 4), ("on the left side of", 2),
              ("on the left of", 1), ("that is left of", 2), ("that is to the left of", 2),
-             ("which is left of", 1), ("located to the left of", 1), ("left of the position of", 0)],
+             ("which is left of", 1), ("located to the left of", 1)],
     "right": [("right of", 4), ("to the right of", 4), ("on the right side of", 2),
               ("on the right of", 1), ("that is right of", 2), ("that is to the right of", 2),
               ("which is right of", 1), ("located to the right of", 1)],
     "front": [("in front of", 8), ("that is in front of", 3), ("which is in front of", 1),
-              ("located in front of", 1), ("closer to the camera than", 1)],
+              ("located in front of", 1)],
     "behind": [("behind", 8), ("that is behind", 3), ("which is behind", 1),
                ("further back than", 2), ("farther back than", 1), ("in back of", 1)],
 }
