@@ -7,8 +7,8 @@ scene every scene_period seconds) and its ground truth on scene_truth; essen_nod
 commands and answers questions on that stream; essen_scorer sends commands and questions made
 from the current scene, scores the node's results by image stamp, prints a running summary and
 writes the evaluation report when duration has passed (or on Ctrl-C).
-Without `ros2 launch` (pip-only installs) run the three console scripts instead; the README
-shows the one command (scripts/essen_sim_loop.sh style: essen-sim, essen-node, essen-scorer).
+Without `ros2 launch` (pip-only installs), `essen-scorer --launch` starts the same three
+processes (essen-sim, essen-node, essen-scorer) in one command.
 """
 import os
 
@@ -43,12 +43,15 @@ ARGUMENTS = [
     ("max_objects", "6", "Most objects in a scene."),
     ("orbit_speed", "2.0", "Camera orbit speed around the table, degrees per second."),
     ("orbit_range", "20.0", "Camera swings this many degrees either side of its start azimuth."),
+    ("shake", "0.15", "Random camera shake per frame, degrees (standard deviation)."),
     # perception node
     ("checkpoint", "", "Model checkpoint folder for essen_node; empty = the shipped default model."),
     ("device", "cpu", "Torch device for essen_node."),
     # scorer
-    ("duration", "60.0", "Scorer stops and writes the report after this many seconds; 0 = at Ctrl-C."),
+    ("duration", "60.0", "Seconds of scoring (from the node's first result), then the report; 0 = until Ctrl-C."),
     ("query_period", "4.0", "Seconds between new commands/questions sent by the scorer."),
+    ("negative_rate", "0.2", "Share of commands that name nothing in the scene (answer: not found)."),
+    ("startup_timeout", "120.0", "Scorer gives up when the node sends no result this many seconds after start."),
     ("report_dir", "sim_report", "Folder the scorer writes its report into."),
     ("record_frames", "false", "Scorer also saves every scored frame (PNG + manifest) in report_dir."),
 ]
@@ -73,6 +76,7 @@ def generate_launch_description():
             "max_objects": ParameterValue(arg("max_objects"), value_type=int),
             "orbit_speed": ParameterValue(arg("orbit_speed"), value_type=float),
             "orbit_range": ParameterValue(arg("orbit_range"), value_type=float),
+            "shake": ParameterValue(arg("shake"), value_type=float),
             "publish_clock": sim_time,
         }],
     )
@@ -93,6 +97,8 @@ def generate_launch_description():
         parameters=[{
             "duration": ParameterValue(arg("duration"), value_type=float),
             "query_period": ParameterValue(arg("query_period"), value_type=float),
+            "negative_rate": ParameterValue(arg("negative_rate"), value_type=float),
+            "startup_timeout": ParameterValue(arg("startup_timeout"), value_type=float),
             "report_dir": arg("report_dir"),
             "record_frames": ParameterValue(arg("record_frames"), value_type=bool),
             "seed": ParameterValue(arg("seed"), value_type=int),

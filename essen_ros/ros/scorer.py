@@ -50,8 +50,12 @@ MAX_CACHED_IMAGES = 60      # frames kept in memory until their results arrive (
 
 # name -> (default, description, (low, high) or None). Read once at start.
 PARAMETERS = {
-    "duration": (60.0, "Seconds (node clock) after which the report is written and the scorer "
-                 "exits; 0 = run until Ctrl-C.", (0.0, 1e7)),
+    "duration": (60.0, "Seconds of scoring (node clock, counted from the node's first result) "
+                 "after which the report is written and the scorer exits; 0 = run until "
+                 "Ctrl-C.", (0.0, 1e7)),
+    "startup_timeout": (120.0, "Give up (report what there is, exit status 1) when the node has "
+                        "sent no result this many seconds after start; 0 = wait forever.",
+                        (0.0, 1e7)),
     "query_period": (4.0, "Seconds between new commands / questions.", (0.1, 3600.0)),
     "negative_rate": (0.2, "Share of commands that name nothing in the scene (the node must "
                       "answer not-found).", (0.0, 1.0)),
@@ -472,9 +476,10 @@ def _make_node_class():
             self._had_subscribers = False
             self.command: Query | None = None
             self.question: Query | None = None
-            self.start_ns = self.get_clock().now().nanoseconds
-            self.start_wall = time.monotonic()
+            self.launched_ns = self.get_clock().now().nanoseconds
+            self.start_ns: int | None = None     # first result: scoring time starts
             self.done = threading.Event()
+            self.failure = ""
 
             reliable = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
                                   reliability=ReliabilityPolicy.RELIABLE)
@@ -565,6 +570,9 @@ def _make_node_class():
                                 reason=msg.reason), stamp)
 
         def _record(self, result: Result, stamp: int):
+            if self.start_ns is None:
+                self.start_ns = self.get_clock().now().nanoseconds
+                self.get_logger().info("first result from the node: scoring starts")
             record = self.score.add_result(result, self._latency_ms(stamp))
             if record is not None and self.recorder is not None:
                 self.recorder.attach(record)
@@ -572,8 +580,16 @@ def _make_node_class():
         # -- outputs -------------------------------------------------------------------------
         def _tick(self):
             now = self.get_clock().now().nanoseconds
-            duration = self.params["duration"]
-            if duration > 0 and now - self.start_ns >= duration * 1e9:
+            duration, timeout = self.params["duration"], self.params["startup_timeout"]
+            if self.start_ns is None and timeout > 0 and now - self.launched_ns >= timeout * 1e9:
+                self.failure = (
+                    f"no result on {self.resolve_topic_name('grounding')} or "
+                    f"{self.resolve_topic_name('answer')} after {timeout:g} s: is essen-node "
+                    f"running, with its image topic remapped to {IMAGE_TOPIC} "
+                    f"(-r image:={IMAGE_TOPIC}), and is essen-sim publishing?")
+                self.done.set()
+                return
+            if self.start_ns is not None and duration > 0 and now - self.start_ns >= duration * 1e9:
                 self.done.set()
                 return
             frame = self.score.latest_truth()
@@ -605,12 +621,21 @@ def _make_node_class():
             self._last_query_ns, self._query_scene = now, frame.scene_id
             self._had_subscribers = True
 
+        def _elapsed_s(self) -> float:
+            if self.start_ns is None:
+                return 0.0
+            return (self.get_clock().now().nanoseconds - self.start_ns) / 1e9
+
         def _print_summary(self):
-            elapsed = (self.get_clock().now().nanoseconds - self.start_ns) / 1e9
-            print(self.score.running_line(elapsed), flush=True)
+            if self.start_ns is None:
+                waited = (self.get_clock().now().nanoseconds - self.launched_ns) / 1e9
+                print(f"waiting for the node's first result ({waited:.0f} s; "
+                      f"{self.score.frames_seen} frames of ground truth so far)", flush=True)
+                return
+            print(self.score.running_line(self._elapsed_s()), flush=True)
 
         def finish(self) -> dict:
-            elapsed = (self.get_clock().now().nanoseconds - self.start_ns) / 1e9
+            elapsed = self._elapsed_s()
             settings = dict(self.params, use_sim_time=self.use_sim_time)
             if self.recorder is not None:
                 settings["frames_recorded"] = self.recorder.write_manifest(self.score.records)
@@ -696,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         except ExternalShutdownException:
             pass
         node.finish()
+        if node.failure:
+            logger.error(node.failure)
+            exit_code = 1
         executor.shutdown()
     except StartupError as error:
         logger.error(str(error))

@@ -110,8 +110,9 @@ class CameraPath:
         self.lookat = tuple(start_camera.lookat)
         self.fovy = start_camera.fovy
         self.range = orbit_range_deg
-        # azimuth = range * sin(w t) has top speed range * w: choose w to give orbit_speed.
-        self.omega = math.radians(orbit_speed_deg / orbit_range_deg) if orbit_range_deg > 0 else 0.0
+        # azimuth = range * sin(w t) has top speed range * w: choose w (rad/s) to give
+        # orbit_speed.
+        self.omega = orbit_speed_deg / orbit_range_deg if orbit_range_deg > 0 else 0.0
         self.shake = shake_deg
 
     def camera_at(self, t: float, rng: np.random.Generator):

@@ -1,0 +1,155 @@
+"""The simulated loop end to end: essen-sim, essen-node (a tiny random model) and essen-scorer
+as three OS processes over real DDS. Frames must flow, every result must carry the stamp of a
+frame the camera published, and the scorer's live numbers must equal an offline evaluation
+(the Predictor called directly) of exactly the frames and texts it scored."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from PIL import Image as PILImage
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from essen_ros import metrics
+from essen_ros.model.checkpoint import load_model, make_checkpoint
+from essen_ros.model.predictor import Predictor
+from essen_ros.msg import Answer, Grounding
+from essen_ros.ros.node import _roi
+
+pytestmark = pytest.mark.ros
+
+SCORING_S = 10.0
+
+
+class Listener:
+    """The test's own view of the topics: which image stamps were published and which stamps
+    the node's results carried."""
+
+    def __init__(self):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("sim_loop_listener", context=self.context)
+        self.image_stamps: set[int] = set()
+        self.result_stamps: list[int] = []
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        stamp = lambda h: h.stamp.sec * 1_000_000_000 + h.stamp.nanosec  # noqa: E731
+        self.node.create_subscription(Image, "camera/image_raw",
+                                      lambda m: self.image_stamps.add(stamp(m.header)),
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        for msg_type, topic in ((Grounding, "grounding"), (Answer, "answer")):
+            self.node.create_subscription(msg_type, topic,
+                                          lambda m: self.result_stamps.append(stamp(m.header)), reliable)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self.stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def offline_records(report_dir, predictor) -> list[dict]:
+    """Rerun every scored (frame, text) from the scorer's manifest through the Predictor,
+    giving results the way the node publishes them (boxes rounded to pixels, none when not
+    found), labelled with the manifest's ground truth."""
+    records = []
+    images = {}
+    for line in (report_dir / "annotations.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        if item["image"] not in images:
+            rgb = np.asarray(PILImage.open(report_dir / item["image"]).convert("RGB"))
+            images[item["image"]] = (predictor.encode_image(rgb), rgb.shape)
+        image, shape = images[item["image"]]
+        text = predictor.encode_text(item["text"])
+        record = {"task": item["task"], "text": item["text"], "variant": item["variant"],
+                  "stamp": item["stamp"]}
+        if item["task"] == "ground":
+            g = predictor.ground(image, text)
+            box = None
+            if g.found:
+                roi = _roi(g.box_xyxy, shape[1], shape[0])
+                box = [roi.x_offset, roi.y_offset, roi.x_offset + roi.width, roi.y_offset + roi.height]
+            record.update(true_found=item["found"], true_box=item["box"], target=item["target"],
+                          objects=item["objects"], pred_found=g.found, pred_score=g.score, pred_box=box)
+        else:
+            a = predictor.answer(image, text)
+            record.update(true_answer=item["answer"], kind=item["kind"], pred_answer=a.answer,
+                          pred_score=a.score)
+        records.append(record)
+    return records
+
+
+def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "tiny", "tiny")
+    report_dir = tmp_path / "report"
+    listener = Listener()
+    try:
+        sim = spawn(["-m", "essen_ros.ros.sim", "--ros-args", "-p", "rate:=4.0", "-p", "seed:=5",
+                     "-p", "scene_period:=5.0", "-p", "width:=240", "-p", "height:=160"])
+        node = spawn(["-m", "essen_ros.ros.node", "--ros-args", "-r", "image:=camera/image_raw",
+                      "-p", f"checkpoint:={checkpoint}", "-p", "num_threads:=1"])
+        scorer = spawn(["-m", "essen_ros.ros.scorer", "--ros-args", "-p", f"duration:={SCORING_S}",
+                        "-p", f"report_dir:={report_dir}", "-p", "record_frames:=true",
+                        "-p", "query_period:=1.5", "-p", "seed:=1", "-p", "startup_timeout:=150.0"])
+        try:
+            scorer_output, _ = scorer.communicate(timeout=240)
+        except Exception:
+            scorer.kill()
+            raise
+        assert scorer.returncode == 0, scorer_output[-3000:]
+        for proc in (sim, node):
+            assert proc.poll() is None, f"{proc.args} died:\n{proc.stdout.read()[-3000:]}"
+    finally:
+        listener.close()
+
+    report = json.loads((report_dir / "report.json").read_text())
+    items = report["items"]
+    # Frames flowed (4 Hz for the scoring time alone) and the node answered most of them.
+    assert report["frames"]["published_seen"] >= 4 * SCORING_S * 0.8
+    assert report["frames"]["answered"] >= 10
+    assert report["frames"]["dropped"] <= report["frames"]["sent"] / 2
+    tasks = {r["task"] for r in items}
+    assert tasks == {"ground", "vqa"}, f"scored tasks: {tasks}; not scored: {report['not_scored']}"
+    # The running summary was printed, and the final one names the report.
+    assert "| ground" in scorer_output and "report.json" in scorer_output
+    # Results carry the stamps of frames the camera published (as seen by this process too).
+    assert listener.result_stamps
+    assert set(listener.result_stamps) <= listener.image_stamps
+    assert {r["stamp"] for r in items} <= listener.image_stamps
+    assert report["latency_ms"]["n"] > 0 and 0 < report["latency_ms"]["p50"] < 5000
+
+    # Offline: the same frames and texts through the Predictor give the same predictions...
+    torch.set_num_threads(1)
+    predictor = Predictor(load_model(checkpoint), device="cpu")
+    offline = offline_records(report_dir, predictor)
+    assert len(offline) == len(items) == report["settings"]["frames_recorded"]
+    for live, again in zip(items, offline):
+        assert (live["stamp"], live["text"]) == (again["stamp"], again["text"])
+        if live["task"] == "ground":
+            assert live["pred_found"] == again["pred_found"]
+            assert live["pred_score"] == pytest.approx(again["pred_score"], abs=1e-4)
+            if live["pred_found"]:
+                assert np.abs(np.subtract(live["pred_box"], again["pred_box"])).max() <= 1
+        else:
+            assert live["pred_answer"] == again["pred_answer"]
+            assert live["pred_score"] == pytest.approx(again["pred_score"], abs=1e-4)
+    # ...and so the same accuracy numbers.
+    offline_summary = metrics.summarize(offline)
+    assert report["metrics"]["grounding"] == json.loads(json.dumps(offline_summary["grounding"]))
+    assert report["metrics"]["vqa"] == json.loads(json.dumps(offline_summary["vqa"]))
