@@ -235,7 +235,7 @@ class NodeProcess:
         raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
 
     def wait_started(self, timeout: float = 90.0):
-        return self.wait_for_output(r"\] model .* from ", timeout)
+        return self.wait_for_output(r"\]: model .* from ", timeout)
 
     def stop(self, signum=signal.SIGINT, timeout: float = 15.0) -> tuple[int, str]:
         if self.process.poll() is None:
@@ -350,9 +350,9 @@ class RosClient:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         collector = Collector()
-        self.node.create_subscription(msg_type, topic, collector,
-                                      QoSProfile(depth=depth,
-                                                 reliability=ReliabilityPolicy.RELIABLE))
+        collector.subscription = self.node.create_subscription(
+            msg_type, topic, collector,
+            QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE))
         return collector
 
     def call(self, srv_type, name, request, timeout=20.0):

@@ -223,6 +223,7 @@ class Stats:
     rate_skipped: int = 0
     idle: int = 0            # frames received while no command/question was active
     text_encodings: int = 0
+    debug_published: int = 0
     errors: int = 0
     last_error: str = ""
     last_frame_ns: int | None = None
@@ -629,6 +630,7 @@ class EssenNode(Node):
         for row, line in enumerate(lines or ["(no command)"]):
             draw.text((4, 4 + 12 * row), line, fill=(255, 255, 0))
         self._debug_pub.publish(rgb_to_image_msg(np.asarray(picture), header))
+        self.stats.debug_published += 1
 
     # -- service --------------------------------------------------------------------------
 
@@ -714,12 +716,13 @@ class EssenNode(Node):
             "errors": str(stats.errors),
             "last_error": stats.last_error,
             "text_encodings": str(stats.text_encodings),
+            "debug_images_published": str(stats.debug_published),
             "command": command.text if command else "",
             "command_id": str(command.prompt_id if command else 0),
             "question": question.text if question else "",
             "question_id": str(question.prompt_id if question else 0),
         }
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: perception",
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: perception",
                                   message=message, hardware_id=values["model"],
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         array = DiagnosticArray(status=[status])
