@@ -83,3 +83,16 @@ def test_same_scene_renders_identically(renderer):
     first = renderer.render(scene).rgb.copy()
     renderer.render(sample_scene(np.random.default_rng(12), image_size=(160, 120)))
     assert np.array_equal(first, renderer.render(scene).rgb)
+
+
+def test_rotated_cubes_render_at_their_recorded_rotation(renderer):
+    from essen_ros.data.render import surface_points
+    camera = orbit_camera(0, 89, 8, fovy=40)   # looking straight down
+    boxes = []
+    for angle in (0.0, 30.0, 45.0):
+        cube = SceneObject("cube", "red", "rubber", "large", (0.0, 0.0, 0.495), angle)
+        box = renderer.render(Scene([cube], camera)).boxes[0]
+        outline = camera.project(surface_points(cube), 160, 120)
+        assert np.abs(np.array(box) - np.r_[outline.min(0), outline.max(0)]).max() <= 1.5
+        boxes.append(box[2] - box[0])
+    assert boxes[0] < boxes[1] < boxes[2]    # a turned square covers a wider extent

@@ -176,6 +176,14 @@ class Renderer:
         self._apply_camera(camera)
         mujoco.mj_kinematics(m, self.data)
         mujoco.mj_camlight(m, self.data)
+        # Geoms of the world body are static to MuJoCo: their world orientation is not
+        # recomputed from geom_quat, so set the pose the renderer reads directly.
+        for index, obj in enumerate(scene.objects):
+            geom = self._geom[(index, obj.shape)]
+            a = math.radians(obj.rotation)
+            self.data.geom_xpos[geom] = obj.position
+            self.data.geom_xmat[geom] = (math.cos(a), -math.sin(a), 0.0,
+                                         math.sin(a), math.cos(a), 0.0, 0.0, 0.0, 1.0)
         return geom_to_object
 
     def _apply_lighting(self, light: Lighting, camera: Camera):
