@@ -89,7 +89,7 @@ def test_rotated_cubes_render_at_their_recorded_rotation(renderer):
     from essen_ros.data.render import surface_points
     camera = orbit_camera(0, 89, 8, fovy=40)   # looking straight down
     boxes = []
-    for angle in (0.0, 30.0, 45.0):
+    for angle in (0.0, 20.0, 45.0):
         cube = SceneObject("cube", "red", "rubber", "large", (0.0, 0.0, 0.495), angle)
         box = renderer.render(Scene([cube], camera)).boxes[0]
         outline = camera.project(surface_points(cube), 160, 120)
