@@ -18,6 +18,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from essen_ros import metrics
+from essen_ros.data.vocab import ANSWERS
+from essen_ros.evaluate import evaluate_manifest
 from essen_ros.model.checkpoint import load_model, make_checkpoint
 from essen_ros.model.predictor import Predictor
 from essen_ros.msg import Answer, Grounding
@@ -78,7 +80,7 @@ def offline_records(report_dir, predictor) -> list[dict]:
         image, shape = images[item["image"]]
         text = predictor.encode_text(item["text"])
         record = {"task": item["task"], "text": item["text"], "variant": item["variant"],
-                  "stamp": item["stamp"]}
+                  "stamp_ns": item["stamp_ns"]}
         if item["task"] == "ground":
             g = predictor.ground(image, text)
             box = None
@@ -118,29 +120,31 @@ def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, 
     finally:
         listener.close()
 
-    report = json.loads((report_dir / "report.json").read_text())
-    items = report["items"]
+    report = json.loads((report_dir / "results.json").read_text())
+    items = report["records"]
+    frames = report["timing"]["dropped"]
     # Frames flowed (4 Hz for the scoring time alone) and the node answered most of them.
-    assert report["frames"]["published_seen"] >= 4 * SCORING_S * 0.8
-    assert report["frames"]["answered"] >= 10
-    assert report["frames"]["dropped"] <= report["frames"]["sent"] / 2
+    assert report["timing"]["frames_published"] >= 4 * SCORING_S * 0.8
+    assert frames["answered"] >= 10 and frames["dropped"] <= frames["sent"] / 2
     tasks = {r["task"] for r in items}
-    assert tasks == {"ground", "vqa"}, f"scored tasks: {tasks}; not scored: {report['not_scored']}"
-    # The running summary was printed, and the final one names the report.
-    assert "| ground" in scorer_output and "report.json" in scorer_output
+    assert tasks == {"ground", "vqa"}, f"scored tasks: {tasks}; not scored: {report['skipped']}"
+    # The running summary was printed, then the evaluation summary naming the report.
+    assert "| ground" in scorer_output and "VQA (" in scorer_output and "summary.md" in scorer_output
+    assert (report_dir / "summary.md").is_file() and (report_dir / "examples.png").is_file()
     # Results carry the stamps of frames the camera published (as seen by this process too).
     assert listener.result_stamps
     assert set(listener.result_stamps) <= listener.image_stamps
-    assert {r["stamp"] for r in items} <= listener.image_stamps
-    assert report["latency_ms"]["n"] > 0 and 0 < report["latency_ms"]["p50"] < 5000
+    assert {r["stamp_ns"] for r in items} <= listener.image_stamps
+    latency = report["timing"]["end_to_end_latency_ms"]
+    assert latency["n"] > 0 and 0 < latency["p50"] < 5000
 
     # Offline: the same frames and texts through the Predictor give the same predictions...
     torch.set_num_threads(1)
     predictor = Predictor(load_model(checkpoint), device="cpu")
     offline = offline_records(report_dir, predictor)
-    assert len(offline) == len(items) == report["settings"]["frames_recorded"]
+    assert len(offline) == len(items) == report["source"]["settings"]["frames_recorded"]
     for live, again in zip(items, offline):
-        assert (live["stamp"], live["text"]) == (again["stamp"], again["text"])
+        assert (live["stamp_ns"], live["text"]) == (again["stamp_ns"], again["text"])
         if live["task"] == "ground":
             assert live["pred_found"] == again["pred_found"]
             assert live["pred_score"] == pytest.approx(again["pred_score"], abs=1e-4)
@@ -150,6 +154,16 @@ def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, 
             assert live["pred_answer"] == again["pred_answer"]
             assert live["pred_score"] == pytest.approx(again["pred_score"], abs=1e-4)
     # ...and so the same accuracy numbers.
-    offline_summary = metrics.summarize(offline)
+    offline_summary = metrics.summarize(offline, ANSWERS)
     assert report["metrics"]["grounding"] == json.loads(json.dumps(offline_summary["grounding"]))
     assert report["metrics"]["vqa"] == json.loads(json.dumps(offline_summary["vqa"]))
+    # essen-eval's own manifest evaluation reads the scorer's recording as it is.
+    manifest = [json.loads(line) for line in (report_dir / "annotations.jsonl").read_text().splitlines()]
+    evaluated = evaluate_manifest(predictor, manifest, report_dir, answer_labels=ANSWERS)
+    assert evaluated["counts"]["labelled"] == len(items) and not evaluated["skipped"]
+    assert evaluated["metrics"]["vqa"] == report["metrics"]["vqa"]
+    by_key = {(r["image"], r["task"], r["text"]): r for r in evaluated["records"]}
+    for live in items:
+        again = by_key[(live["image"], live["task"], live["text"])]
+        assert again.get("pred_found") == live.get("pred_found")
+        assert again.get("pred_answer") == live.get("pred_answer")

@@ -176,7 +176,7 @@ def test_results_are_matched_by_stamp_and_unanswered_frames_count_as_dropped():
     score.add_query(ask)
     hit = score.add_result(sc.Result("ground", 2, "find  the red cube", found=True, score=0.9,
                                      box=[11, 10, 30, 31], inference_ms=5.0), latency_ms=20.0)
-    assert hit["pred_found"] and hit["stamp"] == 2 and metrics.score_grounding_item(hit)["correct_iou"]
+    assert hit["pred_found"] and hit["stamp_ns"] == 2 and metrics.score_grounding_item(hit)["correct_iou"]
     # A plain not-found carries a reason but the model ran: scored (and wrong here).
     miss = score.add_result(sc.Result("ground", 3, "find the red cube", found=False, score=0.2,
                                       inference_ms=5.0, reason="no match: best score 0.2"), 30.0)
@@ -196,18 +196,33 @@ def test_results_are_matched_by_stamp_and_unanswered_frames_count_as_dropped():
     assert "dropped 1" in score.running_line(3.0)
 
 
-def test_report_files_hold_every_number_and_item(tmp_path):
+def test_report_is_the_evaluation_report_with_live_numbers(tmp_path):
     score = sc.LiveScore()
-    score.add_truth(_frame(FRONT, 1))
+    for stamp in (1, 2, 3):
+        score.add_truth(_frame(FRONT, stamp))
     query = sc.Query("vqa", "how many spheres are there?",
                      {"type": "count", "ref": {"attrs": {"shape": "sphere"}, "relation": None, "anchor": None}},
                      "template", kind="count")
     score.add_query(query)
-    score.add_result(sc.Result("vqa", 1, query.text, answer="1", score=0.7, inference_ms=3.0), 12.0)
-    report = sc.write_report(tmp_path / "out", score, {"duration": 1.0}, 1.5)
-    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert on_disk["metrics"] == json.loads(json.dumps(metrics.summarize(score.records)))
-    assert on_disk["items"][0]["pred_answer"] == "1" and on_disk == json.loads(json.dumps(report))
-    text = (tmp_path / "out" / "report.md").read_text()
-    assert "VQA accuracy | 100.0% | 1" in text
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    store = sc.FrameStore(tmp_path / "out")
+    for stamp in (1, 3):
+        record = score.add_result(sc.Result("vqa", stamp, query.text, answer="1", score=0.7,
+                                            inference_ms=3.0), 12.0)
+        if stamp == 1:
+            store.add_image(1, np.full((24, 32, 3), 7, np.uint8))
+        store.attach(record)   # frame 3 never arrives: kept waiting, not saved
+    assert store.write_manifest(score.records) == 1
+    results = sc.write_report(tmp_path / "out", score, {"duration": 1.0}, 1.5, store.example_list())
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert on_disk["metrics"]["vqa"]["overall"] == {"n": 2, "acc": 1.0}
+    assert on_disk["timing"]["dropped"] == {"sent": 3, "answered": 2, "dropped": 1, "drop_rate": 1 / 3}
+    assert on_disk["timing"]["end_to_end_latency_ms"]["p50"] == 12.0
+    assert [r["stamp_ns"] for r in on_disk["records"]] == [1, 3]
+    assert any("1 of 3 frames got no result" in w for w in on_disk["warnings"])
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| all | 2 | 100.0% |" in summary and (tmp_path / "out" / "examples.png").is_file()
+    line = json.loads((tmp_path / "out" / "annotations.jsonl").read_text())
+    assert line["image"] == "frames/1.png" and line["answer"] == "1"
+    assert (tmp_path / "out" / "frames" / "1.png").is_file()
+    assert not [p for p in (tmp_path / "out").rglob("*.partial")]
+    assert results["counts"]["labelled"] == 2

@@ -14,9 +14,9 @@ and is counted as such.
 Scored per result: grounding correct at IoU >= 0.5 (and found/not-found), VQA answer
 correct, latency from image stamp to the result's arrival, and frames the node never
 answered (dropped). A one-line running summary is printed every ``summary_period`` seconds;
-after ``duration`` seconds (or on Ctrl-C) the report is written to ``report_dir``:
-``report.json`` (every number and every scored item, the evaluation report's records) and
-``report.md``. With ``record_frames`` every scored frame is also saved as a PNG with an
+after ``duration`` seconds of scoring (or on Ctrl-C) the report is written to ``report_dir``
+in the format of ``essen-eval`` (essen_ros.report): ``results.json`` (every number and every
+scored item), ``summary.md`` and plots. With ``record_frames`` every scored frame is also saved as a PNG with an
 ``annotations.jsonl`` manifest, so an offline evaluation can rerun exactly those frames.
 
 ``essen-scorer --launch`` also starts ``essen-sim`` and ``essen-node`` as child processes
@@ -31,10 +31,9 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +59,7 @@ PARAMETERS = {
     "negative_rate": (0.2, "Share of commands that name nothing in the scene (the node must "
                       "answer not-found).", (0.0, 1.0)),
     "summary_period": (2.0, "Seconds between running summary lines.", (0.1, 3600.0)),
-    "report_dir": ("sim_report", "Folder for report.json and report.md (created).", None),
+    "report_dir": ("sim_report", "Folder for the report: results.json, summary.md, plots (created).", None),
     "record_frames": (False, "Also save every scored frame (PNG) and an annotations.jsonl "
                       "manifest in report_dir, for offline re-evaluation.", None),
     "seed": (0, "Seed of the generated commands and questions.", (0, 2**31 - 1)),
@@ -251,7 +250,7 @@ class LiveScore:
             self._skip(why)
             return None
         record = {"task": query.task, "text": query.text, "variant": query.variant, **truth,
-                  "stamp": result.stamp_ns, "scene": frame.scene_id,
+                  "stamp_ns": result.stamp_ns, "scene": frame.scene_id,
                   "ms": result.inference_ms, "latency_ms": latency_ms}
         if query.task == "ground":
             record.update(pred_found=result.found, pred_score=result.score,
@@ -300,83 +299,59 @@ def _ms(value) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Report files
+# Report files: the evaluation report's format (essen_ros.report), live numbers in "timing"
 # ---------------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+EXAMPLE_PANELS = 8
 
 
-def write_report(report_dir: Path, score: LiveScore, settings: dict, elapsed_s: float) -> dict:
-    """report.json (numbers + every scored item) and report.md in report_dir; returns the
-    JSON content."""
-    summary = score.summary()
-    report = {
-        "source": "live: essen-sim -> essen-node -> essen-scorer",
-        "settings": settings,
-        "elapsed_s": elapsed_s,
-        **summary,
-        "items": score.records,
-    }
-    _atomic_write(report_dir / "report.json", json.dumps(report, indent=1, default=_json_default))
-    _atomic_write(report_dir / "report.md", markdown_report(report))
-    return report
+def build_results(score: LiveScore, settings: dict, elapsed_s: float, examples=None) -> dict:
+    """The results dict of `essen-eval` (essen_ros.evaluate.finish_results) for a live run."""
+    from essen_ros.data.vocab import ANSWERS
+    from essen_ros.evaluate import finish_results
+    frames = score.frames()
+    warnings = []
+    if frames["dropped"]:
+        warnings.append(f"{frames['dropped']} of {frames['sent']} frames got no result from the "
+                        "node (it was busy with an earlier frame): a lower camera rate lets it "
+                        "keep up")
+    timing = {"rate": 1.0, "frames": frames["sent"], "replay_seconds": elapsed_s,
+              "frames_published": score.frames_seen,
+              "end_to_end_latency_ms": metrics.latency_stats(score.latencies_ms),
+              "node_inference_ms": metrics.latency_stats([r["ms"] for r in score.records]),
+              "dropped": frames, "mismatched_text": 0}
+    source = {"kind": "live simulation", "root": "essen-sim -> essen-node -> essen-scorer",
+              "settings": settings}
+    return finish_results(score.records, source=source, timing=timing,
+                          skipped=Counter(score.skipped), warnings=warnings,
+                          answer_labels=ANSWERS, examples=examples or [])
 
 
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def write_report(report_dir: Path, score: LiveScore, settings: dict, elapsed_s: float,
+                 examples=None) -> dict:
+    """results.json, summary.md and the plots in report_dir (essen_ros.report); returns the
+    results dict."""
+    from essen_ros.report import write_report as write_evaluation_report
+    results = build_results(score, settings, elapsed_s, examples)
+    write_evaluation_report(results, report_dir)
+    return results
 
 
-def markdown_report(report: dict) -> str:
-    g = report["metrics"]["grounding"]
-    v = report["metrics"]["vqa"]
-    f, lat = report["frames"], report["latency_ms"]
-    lines = [
-        "# Closed-loop simulation report", "",
-        f"Source: {report['source']}; {report['elapsed_s']:.1f} s.", "",
-        "| measure | value | n |", "|---|---|---|",
-        f"| grounding accuracy (IoU >= {g['iou_threshold']}) | {_pct(g['overall']['acc_iou'])} | {g['overall']['n']} |",
-        f"| grounding accuracy (centre-nearest) | {_pct(g['overall']['acc_centre'])} | {g['overall']['n']} |",
-        f"| not-found commands answered not-found | {_pct(g['not_found']['acc'])} | {g['not_found']['n']} |",
-        f"| VQA accuracy | {_pct(v['overall']['acc'])} | {v['overall']['n']} |",
-    ]
-    for kind, group in v["by_kind"].items():
-        lines.append(f"| VQA accuracy, {kind} | {_pct(group['acc'])} | {group['n']} |")
-    for variant, group in g["by_variant"].items():
-        lines.append(f"| grounding accuracy, {variant} | {_pct(group['acc_iou'])} | {group['n']} |")
-    lines += [
-        f"| latency stamp -> result p50 / p95 / max | {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['max'])} | {lat['n']} |",
-        f"| frames answered / dropped (of those sent while answering) | {f['answered']} / {f['dropped']} | {f['sent']} |",
-        "",
-    ]
-    if report["not_scored"]:
-        lines += ["Results not scored (the frame could not decide the label):", ""]
-        lines += [f"- {why}: {n}" for why, n in report["not_scored"].items()]
-        lines.append("")
-    return "\n".join(lines)
+class FrameStore:
+    """Recent camera frames by stamp, so scored frames can be shown and saved: a few become
+    the report's example panels, and with a folder every scored frame is saved as a PNG and
+    listed in an annotations.jsonl manifest (the package's manifest format), so `essen-eval`
+    or a Predictor can rerun exactly these frames offline."""
 
-
-class FrameRecorder:
-    """Saves scored frames as PNG files and writes an annotations.jsonl manifest (the
-    package's manifest format) so `essen-eval` / a Predictor can rerun exactly these frames."""
-
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path | None = None, max_examples: int = EXAMPLE_PANELS):
         self.folder = folder
-        (folder / "frames").mkdir(parents=True, exist_ok=True)
+        if folder is not None:
+            (folder / "frames").mkdir(parents=True, exist_ok=True)
         self.images: OrderedDict[int, np.ndarray] = OrderedDict()
         self.saved: dict[int, str] = {}
-        self.waiting: list[dict] = []     # records whose frame has not arrived yet
+        self.waiting: list[dict] = []          # records whose frame has not arrived yet
+        self.examples: dict[int, tuple] = {}   # stamp -> (rgb, [records])
+        self.max_examples = max_examples
 
     def add_image(self, stamp_ns: int, rgb: np.ndarray) -> None:
         self.images[stamp_ns] = rgb
@@ -387,35 +362,56 @@ class FrameRecorder:
             self.attach(record)
 
     def attach(self, record: dict) -> None:
-        stamp = record["stamp"]
-        if stamp not in self.saved:
-            rgb = self.images.get(stamp)
-            if rgb is None:
+        stamp = record["stamp_ns"]
+        rgb = self.images.get(stamp)
+        if rgb is None:
+            if stamp not in self.saved and len(self.waiting) < 10 * MAX_CACHED_IMAGES:
                 self.waiting.append(record)
-                return
+            elif stamp in self.saved:
+                record["image"] = self.saved[stamp]
+            return
+        self._add_example(stamp, rgb, record)
+        if self.folder is None:
+            return
+        if stamp not in self.saved:
             from PIL import Image as PILImage
             name = f"frames/{stamp}.png"
-            path = self.folder / name
-            tmp = path.with_suffix(".png.tmp")
+            tmp = self.folder / f"{name}.partial"
             PILImage.fromarray(rgb).save(tmp, format="PNG")
-            os.replace(tmp, path)
+            os.replace(tmp, self.folder / name)
             self.saved[stamp] = name
         record["image"] = self.saved[stamp]
 
+    def _add_example(self, stamp: int, rgb: np.ndarray, record: dict) -> None:
+        # One panel per new text, up to max_examples, with every result on that frame.
+        if stamp in self.examples:
+            self.examples[stamp][1].append(record)
+            return
+        shown = {r["text"] for _, records in self.examples.values() for r in records}
+        if len(self.examples) < self.max_examples and record["text"] not in shown:
+            self.examples[stamp] = (rgb, [record])
+
+    def example_list(self) -> list:
+        return [self.examples[s] for s in sorted(self.examples)]
+
     def write_manifest(self, records: list[dict]) -> int:
+        """annotations.jsonl for the scored frames that were saved; returns the line count."""
         lines = []
         for r in records:
             if "image" not in r:
                 continue
             line = {"image": r["image"], "task": r["task"], "text": r["text"],
-                    "variant": r["variant"], "scene": r["scene"], "stamp": r["stamp"]}
+                    "variant": r["variant"], "scene": r["scene"], "stamp_ns": r["stamp_ns"]}
             if r["task"] == "ground":
                 line.update(found=r["true_found"], box=r["true_box"], target=r["target"],
                             objects=r["objects"])
             else:
                 line.update(answer=r["true_answer"], kind=r["kind"])
             lines.append(json.dumps(line))
-        _atomic_write(self.folder / "annotations.jsonl", "".join(l + "\n" for l in lines))
+        path = self.folder / "annotations.jsonl"
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, path)
         return len(lines)
 
 
@@ -467,7 +463,7 @@ def _make_node_class():
             self.use_sim_time = bool(self.get_parameter("use_sim_time").value)
             self.score = LiveScore()
             self.rng = np.random.default_rng(self.params["seed"])
-            self.recorder = FrameRecorder(self.report_dir) if self.params["record_frames"] else None
+            self.frames = FrameStore(self.report_dir if self.params["record_frames"] else None)
             self._pending_truth: dict[int, object] = {}
             self._pending_pose: dict[int, object] = {}
             self._kind_index = 0
@@ -488,9 +484,9 @@ def _make_node_class():
             self.create_subscription(PoseStamped, CAMERA_POSE_TOPIC, self._on_pose, reliable)
             self.create_subscription(Grounding, "grounding", self._on_grounding, reliable)
             self.create_subscription(Answer, "answer", self._on_answer, reliable)
-            if self.recorder is not None:
-                self.create_subscription(Image, IMAGE_TOPIC, self._on_image,
-                                         QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+            # Frames for the report's example panels (and record_frames).
+            self.create_subscription(Image, IMAGE_TOPIC, self._on_image,
+                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
             self.command_pub = self.create_publisher(String, "command", text_qos)
             self.question_pub = self.create_publisher(String, "question", text_qos)
             self.create_timer(0.1, self._tick)
@@ -538,12 +534,12 @@ def _make_node_class():
 
         def _on_image(self, msg):
             if msg.encoding != "rgb8":
-                self.get_logger().error(f"record_frames expects rgb8 images, got {msg.encoding}",
+                self.get_logger().error(f"expected rgb8 images from essen-sim, got {msg.encoding}",
                                         throttle_duration_sec=10.0)
                 return
             rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)
             rgb = rgb[:, : msg.width * 3].reshape(msg.height, msg.width, 3).copy()
-            self.recorder.add_image(self._stamp_ns(msg.header), rgb)
+            self.frames.add_image(self._stamp_ns(msg.header), rgb)
 
         def _latency_ms(self, stamp_ns: int) -> float | None:
             if self.use_sim_time:
@@ -574,8 +570,8 @@ def _make_node_class():
                 self.start_ns = self.get_clock().now().nanoseconds
                 self.get_logger().info("first result from the node: scoring starts")
             record = self.score.add_result(result, self._latency_ms(stamp))
-            if record is not None and self.recorder is not None:
-                self.recorder.attach(record)
+            if record is not None:
+                self.frames.attach(record)
 
         # -- outputs -------------------------------------------------------------------------
         def _tick(self):
@@ -637,13 +633,16 @@ def _make_node_class():
         def finish(self) -> dict:
             elapsed = self._elapsed_s()
             settings = dict(self.params, use_sim_time=self.use_sim_time)
-            if self.recorder is not None:
-                settings["frames_recorded"] = self.recorder.write_manifest(self.score.records)
-            report = write_report(self.report_dir, self.score, settings, elapsed)
+            if self.frames.folder is not None:
+                settings["frames_recorded"] = self.frames.write_manifest(self.score.records)
+            results = write_report(self.report_dir, self.score, settings, elapsed,
+                                   self.frames.example_list())
+            from essen_ros.report import format_summary
             print(self.score.running_line(elapsed), flush=True)
-            print(f"report: {self.report_dir / 'report.json'} and {self.report_dir / 'report.md'}",
-                  flush=True)
-            return report
+            print(format_summary(results), flush=True)
+            print(f"report: {self.report_dir / 'summary.md'} (numbers and every scored item: "
+                  f"{self.report_dir / 'results.json'})", flush=True)
+            return results
 
     return rclpy, ScorerNode
 
