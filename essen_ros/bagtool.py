@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from essen_ros.data.manifest import load_rgb
 from essen_ros.ros.image_conversion import (
-    ImageConversionError,
     compressed_image_to_rgb,
     image_to_rgb,
     rgb_to_fields,
@@ -75,20 +75,14 @@ def _typestore():
 
 # ------------------------------------------------------------------------------ items
 def item_to_dict(item) -> dict:
-    """Manifest Item (dataclass), or a plain dict, -> dict of manifest fields."""
+    """Manifest Item, or a plain dict, -> dict of manifest fields (as on a manifest line)."""
     if isinstance(item, dict):
         return dict(item)
+    if hasattr(item, "to_dict"):
+        return item.to_dict()
     if dataclasses.is_dataclass(item):
         return dataclasses.asdict(item)
     return dict(vars(item))
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """Dataset image file -> RGB uint8 (H, W, 3), as every dataset reader does."""
-    from PIL import Image as PILImage
-
-    with PILImage.open(path) as picture:
-        return np.asarray(picture.convert("RGB"), dtype=np.uint8).copy()
 
 
 # ------------------------------------------------------------------------------ schedule
@@ -607,11 +601,14 @@ class _Salvage:
             (size,) = struct.unpack_from("<I", buf, pos)
             return bytes(buf[pos + 4:pos + 4 + size]).decode(), pos + 4 + size
 
-        def records(buf, pos, end):
+        def records(buf, pos, end, allow_cut_chunk=False):
             while pos + 9 <= end:
                 opcode = buf[pos]
                 (size,) = struct.unpack_from("<Q", buf, pos + 1)
                 if pos + 9 + size > end:
+                    if opcode == 0x06 and allow_cut_chunk:
+                        # An uncompressed chunk cut short still holds whole messages.
+                        yield opcode, buf[pos + 9:end]
                     raise ValueError(f"record at byte {pos} is cut off")
                 yield opcode, buf[pos + 9:pos + 9 + size]
                 pos += 9 + size
@@ -641,7 +638,7 @@ class _Salvage:
         # A complete file ends with the same magic; without it, stop at whatever is cut off.
         end = len(buf) - 8 if bytes(buf[-8:]) == magic and len(buf) > 16 else len(buf)
         try:
-            for opcode, body in records(buf, 8, end):
+            for opcode, body in records(buf, 8, end, allow_cut_chunk=True):
                 if opcode == 0x02:  # Footer: the data section is over
                     break
                 if opcode == 0x06:  # Chunk
@@ -649,13 +646,19 @@ class _Salvage:
                     compression, pos = string(body, 28)
                     (packed_size,) = struct.unpack_from("<Q", body, pos)
                     packed = bytes(body[pos + 8:pos + 8 + packed_size])
-                    if len(packed) != packed_size:
-                        raise ValueError("chunk is cut off")
-                    inner = DECOMPRESSORS[compression](packed, raw_size)
-                    for inner_opcode, inner_body in records(memoryview(inner), 0, len(inner)):
-                        found = handle(inner_opcode, inner_body)
-                        if found:
-                            yield found
+                    cut = len(packed) != packed_size
+                    if cut and compression:
+                        raise ValueError("a compressed chunk is cut off")
+                    inner = packed if cut else DECOMPRESSORS[compression](packed, raw_size)
+                    try:
+                        for inner_opcode, inner_body in records(memoryview(inner), 0, len(inner)):
+                            found = handle(inner_opcode, inner_body)
+                            if found:
+                                yield found
+                    except ValueError:
+                        if not cut:
+                            raise
+                        # The rest of the cut chunk is gone; the outer scan reports where.
                 else:
                     found = handle(opcode, body)
                     if found:

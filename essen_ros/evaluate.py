@@ -17,7 +17,6 @@ Other parts reuse the pieces:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 
 from essen_ros import metrics
 from essen_ros.bagtool import (
@@ -770,7 +768,7 @@ def _read_manifest(data: Path):
 
     try:
         items, report = read_manifest(data)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, UnicodeDecodeError) as error:
         raise EvalError(f"cannot read dataset {data}: {error}") from None
     return items, report
 
@@ -835,11 +833,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             predictor, model_path = _load_predictor(args.model, args.threshold, args.threads)
             root = args.data if args.data.is_dir() else args.data.parent
             results = evaluate_manifest(predictor, items, root, limit=args.limit, progress=progress)
-            if manifest_report:
-                results["source"]["manifest_report"] = _jsonable(manifest_report)
-                skipped_lines = _skipped_count(manifest_report)
-                if skipped_lines:
-                    results["skipped"]["manifest lines with missing fields"] = skipped_lines
+            results["source"]["manifest"] = str(manifest_report)
+            for reason, count in manifest_report.reasons.items():
+                results["skipped"][f"manifest line: {reason}"] = count
+            if not items:
+                raise EvalError(f"no usable items in {args.data}: {manifest_report}")
         elif args.live:
             model_path = args.model
             if not args.attach:
@@ -869,34 +867,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     print(format_summary(results))
     print(f"report: {paths['summary']} (and {', '.join(Path(p).name for k, p in paths.items() if k != 'summary')})")
-    return 0
-
-
-def _jsonable(value):
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        if hasattr(value, "__dataclass_fields__"):
-            import dataclasses
-
-            return _jsonable(dataclasses.asdict(value))
-        if isinstance(value, dict):
-            return {str(k): _jsonable(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple, set)):
-            return [_jsonable(v) for v in value]
-        return str(value)
-
-
-def _skipped_count(report) -> int:
-    value = _jsonable(report)
-    if isinstance(value, dict):
-        for key in ("skipped", "skipped_lines", "n_skipped"):
-            if isinstance(value.get(key), int):
-                return value[key]
-            if isinstance(value.get(key), (dict, list)):
-                inner = value[key]
-                return sum(inner.values()) if isinstance(inner, dict) else len(inner)
     return 0
 
 
