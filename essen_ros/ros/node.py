@@ -706,6 +706,7 @@ class EssenNode(Node):
             "inference_ms_mean": mean(stats.inference_ms),
             "inference_ms_max": f"{max(stats.inference_ms):.2f}" if stats.inference_ms else "nan",
             "input_age_ms_mean": mean(stats.input_age_ms),
+            "input_age_ms_last": f"{stats.input_age_ms[-1]:.2f}" if stats.input_age_ms else "nan",
             "seconds_since_last_frame": f"{since_frame_s:.2f}",
             "frames_received": str(stats.received),
             "frames_processed": str(stats.processed),
