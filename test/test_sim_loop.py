@@ -167,3 +167,25 @@ def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, 
         again = by_key[(live["image"], live["task"], live["text"])]
         assert again.get("pred_found") == live.get("pred_found")
         assert again.get("pred_answer") == live.get("pred_answer")
+
+
+def test_one_command_runs_the_whole_loop_and_stops_its_children(spawn, tmp_path):
+    """`essen-scorer --launch`: the README's command for machines without `ros2 launch`."""
+    checkpoint = make_checkpoint(tmp_path / "tiny", "tiny")
+    scorer = spawn(["-m", "essen_ros.ros.scorer", "--launch", "--checkpoint", str(checkpoint),
+                    "--rate", "4", "--ros-args", "-p", "duration:=4.0", "-p", f"report_dir:={tmp_path / 'rep'}"])
+    out, _ = scorer.communicate(timeout=240)
+    assert scorer.returncode == 0, out[-3000:]
+    results = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert results["counts"]["labelled"] > 0
+    # Both children were stopped cleanly before the scorer exited.
+    assert "[essen_sim]: shutting down after" in out and "[essen_node]: shutting down" in out
+
+
+def test_one_command_stops_when_the_node_cannot_start(spawn, tmp_path):
+    scorer = spawn(["-m", "essen_ros.ros.scorer", "--launch", "--checkpoint", str(tmp_path / "missing"),
+                    "--ros-args", "-p", f"report_dir:={tmp_path / 'rep'}"])
+    out, _ = scorer.communicate(timeout=120)
+    assert scorer.returncode == 1
+    assert f"checkpoint not found: {tmp_path / 'missing'}" in out
+    assert "essen-node (exit status 2) stopped" in out

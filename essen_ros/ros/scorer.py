@@ -666,7 +666,7 @@ def _parse_cli(argv: list[str]):
     return parser.parse_known_args(argv)
 
 
-def _launch_children(cli, env: dict) -> list[subprocess.Popen]:
+def _launch_children(cli, env: dict) -> dict[str, subprocess.Popen]:
     """essen-sim and essen-node as child processes, wired like launch/sim.launch.py."""
     python = sys.executable
     sim_time = "true" if cli.sim_time else "false"
@@ -676,7 +676,7 @@ def _launch_children(cli, env: dict) -> list[subprocess.Popen]:
             "-p", f"use_sim_time:={sim_time}"]
     if cli.checkpoint:
         node += ["-p", f"checkpoint:={cli.checkpoint}"]
-    return [subprocess.Popen(cmd, env=env) for cmd in (sim, node)]
+    return {"essen-sim": subprocess.Popen(sim, env=env), "essen-node": subprocess.Popen(node, env=env)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     logger = rclpy.logging.get_logger(NODE_NAME)
-    children: list[subprocess.Popen] = []
+    children: dict[str, subprocess.Popen] = {}
     exit_code = 0
     node = None
     try:
@@ -713,8 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             while not stop.is_set() and not node.done.is_set() and rclpy.ok():
                 executor.spin_once(timeout_sec=0.1)
-                if any(child.poll() is not None for child in children):
-                    logger.error("a child process (essen-sim or essen-node) exited; stopping")
+                exited = [f"{name} (exit status {child.returncode})"
+                          for name, child in children.items() if child.poll() is not None]
+                if exited:
+                    logger.error(f"{', '.join(exited)} stopped (its log is above); stopping")
                     exit_code = 1
                     break
         except ExternalShutdownException:
@@ -728,10 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.error(str(error))
         exit_code = EXIT_STARTUP_ERROR
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
-        for child in children:
+        for child in children.values():
             try:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
