@@ -118,6 +118,13 @@ def resolve(reference: dict, objects, rels) -> list:
     return chosen
 
 
+def _reference_key(reference):
+    if reference is None:
+        return None
+    return (tuple(sorted(reference["attrs"].items())), reference.get("relation"),
+            _reference_key(reference.get("anchor")))
+
+
 def execute(program: dict, objects, rels):
     """The label a program has on this scene: target index / None, answer word, match."""
     kind = program["type"]
@@ -257,6 +264,15 @@ class LanguageGenerator:
     def __init__(self, objects, visible, rels, rng):
         self.objects, self.visible, self.rels, self.rng = objects, list(visible), rels, rng
         self.n = len(objects)
+        # The same references are resolved many times while searching for good texts.
+        self._resolved = {}
+        self._unique_sets = {}
+
+    def resolve(self, reference: dict) -> list:
+        key = _reference_key(reference)
+        if key not in self._resolved:
+            self._resolved[key] = resolve(reference, self.objects, self.rels)
+        return self._resolved[key]
 
     # references ------------------------------------------------------------------------
     def _all_visible(self, indices) -> bool:
@@ -264,12 +280,14 @@ class LanguageGenerator:
 
     def _unique_attr_sets(self, target: int) -> list:
         """Attribute subsets naming `target` alone among all objects, smallest first."""
+        if target in self._unique_sets:
+            return self._unique_sets[target]
         obj = self.objects[target]
-        found = []
+        found = self._unique_sets[target] = []
         for k in range(0, 5):
             for names in itertools.combinations(ATTRIBUTE_ORDER, k):
                 attrs = {n: getattr(obj, n) for n in names}
-                if resolve(ref(attrs), self.objects, self.rels) == [target]:
+                if self.resolve(ref(attrs)) == [target]:
                     found.append(attrs)
         return found
 
@@ -310,11 +328,11 @@ class LanguageGenerator:
                     if exclude in names:
                         continue
                     attrs = {n: getattr(obj, n) for n in names}
-                    alone = resolve(ref(attrs), self.objects, self.rels)
+                    alone = self.resolve(ref(attrs))
                     if len(alone) == 1:
                         continue  # attributes suffice; the relation would not disambiguate
                     reference = ref(attrs, relation, anchor_ref)
-                    if resolve(reference, self.objects, self.rels) == [target] and \
+                    if self.resolve(reference) == [target] and \
                             self._all_visible(involved(reference, self.objects, self.rels) - set(alone) | {target, anchor}):
                         return reference
         return None
@@ -341,7 +359,7 @@ class LanguageGenerator:
                                  and i != anchor and i not in self.rels[_opposite(relation)][anchor]]
                         if loose:
                             continue
-            if not resolve(reference, self.objects, self.rels):
+            if not self.resolve(reference):
                 return reference
         return None
 
@@ -422,7 +440,7 @@ class LanguageGenerator:
                 if anchor_ref is not None:
                     reference = ref(reference["attrs"], str(rng.choice(list(RELATION_PHRASES))),
                                     anchor_ref)
-            found = resolve(reference, self.objects, self.rels)
+            found = self.resolve(reference)
             if len(found) > 10 or not self._all_visible(self._label_objects(reference)):
                 continue
             pl = reference_phrase(rng, reference, det=None, plural=True)
@@ -432,9 +450,9 @@ class LanguageGenerator:
 
     def _label_objects(self, reference) -> set:
         """Objects whose visibility a count/exist label depends on."""
-        found = set(resolve(reference, self.objects, self.rels))
+        found = set(self.resolve(reference))
         if reference.get("relation"):
-            anchor = resolve(reference["anchor"], self.objects, self.rels)
+            anchor = self.resolve(reference["anchor"])
             # Objects with the attributes but near the relation's boundary are ambiguous to the
             # eye; they are excluded by requiring all attribute matches to be visible.
             found |= set(anchor) | {i for i, o in enumerate(self.objects)
@@ -456,7 +474,7 @@ class LanguageGenerator:
                                                    overspecify=0.0) if anchors else None
                 if anchor_ref is not None:
                     reference = ref(attrs, str(rng.choice(list(RELATION_PHRASES))), anchor_ref)
-            found = resolve(reference, self.objects, self.rels)
+            found = self.resolve(reference)
             if bool(found) != want_yes or not self._all_visible(self._label_objects(reference)):
                 continue
             form = str(rng.choice(EXIST_QUESTIONS))
@@ -550,7 +568,7 @@ class LanguageGenerator:
         rng = self.rng
         for _ in range(10):
             reference = ref(self._random_filter(max_attrs=3, from_object=True))
-            found = resolve(reference, self.objects, self.rels)
+            found = self.resolve(reference)
             if not found or not self._all_visible(self._label_objects(reference)):
                 continue
             if rng.random() < 0.4:
@@ -562,7 +580,7 @@ class LanguageGenerator:
         rng = self.rng
         for _ in range(20):
             reference = ref(self._random_filter(max_attrs=3, from_object=False))
-            found = resolve(reference, self.objects, self.rels)
+            found = self.resolve(reference)
             if not self._all_visible(self._label_objects(reference)):
                 continue
             if not found and reference["attrs"]:

@@ -240,6 +240,13 @@ class ManifestWriter:
         self._files[ANNOTATIONS].write(json.dumps(d, separators=(",", ":")) + "\n")
         self.count += 1
 
+    def write_lines(self, item_lines, scene_line=None):
+        """Pre-serialised JSON lines (each ending in a newline), e.g. from worker processes."""
+        self._files[ANNOTATIONS].writelines(item_lines)
+        self.count += len(item_lines)
+        if scene_line is not None:
+            self._files[SCENES].write(scene_line)
+
     def write_scene(self, scene: dict):
         self._files[SCENES].write(json.dumps(scene, separators=(",", ":")) + "\n")
 
