@@ -16,8 +16,9 @@ correct, latency from image stamp to the result's arrival, and frames the node n
 answered (dropped). A one-line running summary is printed every ``summary_period`` seconds;
 after ``duration`` seconds of scoring (or on Ctrl-C) the report is written to ``report_dir``
 in the format of ``essen-eval`` (essen_ros.report): ``results.json`` (every number and every
-scored item), ``summary.md`` and plots. With ``record_frames`` every scored frame is also saved as a PNG with an
-``annotations.jsonl`` manifest, so an offline evaluation can rerun exactly those frames.
+scored item), ``summary.md`` and plots. With ``record_frames`` every scored frame is also
+saved as a PNG with an ``annotations.jsonl`` manifest, so an offline evaluation
+(``essen-eval <report_dir>``) can rerun exactly those frames.
 
 ``essen-scorer --launch`` also starts ``essen-sim`` and ``essen-node`` as child processes
 (for machines without ``ros2 launch``): the whole simulated loop in one command.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -45,7 +45,7 @@ NODE_NAME = "essen_scorer"
 EXIT_STARTUP_ERROR = 2
 VQA_KIND_CYCLE = ("attribute", "count", "exist", "compare")
 MAX_TRUTH_FRAMES = 600      # frames of ground truth kept for results that arrive late
-MAX_CACHED_IMAGES = 60      # frames kept in memory until their results arrive (record_frames)
+MAX_CACHED_IMAGES = 60      # camera frames kept in memory until their results arrive
 
 # name -> (default, description, (low, high) or None). Read once at start.
 PARAMETERS = {
