@@ -312,8 +312,9 @@ class BagEvent:
     topic: str
     msgtype: str
     log_ns: int      # time the recorder received it
-    raw: bytes       # CDR bytes as recorded (live replay publishes these unchanged)
+    raw: bytes       # bytes as recorded: CDR (ROS 2 bags) or ROS 1 serialization
     msg: object      # deserialized (rosbags dataclass)
+    ros1: bool = False
 
 
 @dataclass
@@ -425,6 +426,10 @@ class BagSource:
         return matches[0] if matches else None
 
     @property
+    def is_ros1(self) -> bool:
+        return self._reader is not None and not self._reader.is2
+
+    @property
     def image_count(self) -> int | None:
         """Image messages the index announces (None when salvaging: not known upfront)."""
         return self.topics[self.image_topic][1]
@@ -482,7 +487,7 @@ class BagSource:
                 continue
             role = roles[topic]
             self.report.by_role[role] += 1
-            yield BagEvent(role, topic, msgtype, log_ns, raw, msg)
+            yield BagEvent(role, topic, msgtype, log_ns, raw, msg, ros1=self.is_ros1)
         if self._salvage is not None and self._salvage.stopped:
             self.report.stopped = _stopped_note(self.report.messages, first_ns, last_ns,
                                                 self._salvage.stopped)

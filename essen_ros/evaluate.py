@@ -669,9 +669,7 @@ def _publish_timed(events, image_pub, command_pub, question_pub, clock_pub, rate
     """Publish the recorded messages with their recorded spacing divided by ``rate``.
     Returns the frame stamps sent, the texts active for each, and the wall time each frame
     was published (for end-to-end latency)."""
-    from rclpy.serialization import deserialize_message
     from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import String
 
     active = ActiveTexts(*(fixed or (None, None)))
@@ -681,6 +679,8 @@ def _publish_timed(events, image_pub, command_pub, question_pub, clock_pub, rate
                 pub.publish(String(data=text))
         time.sleep(0.2)
     sent, texts_at, publish_wall = [], {}, {}
+    # Build the ROS messages before the clock starts: publishing must keep the recorded pace.
+    outgoing = {id(e): _ros_image(e) for e in events if e.role == "image"}
     t0 = events[0].log_ns
     wall0 = time.perf_counter()
     bar = None
@@ -699,11 +699,10 @@ def _publish_timed(events, image_pub, command_pub, question_pub, clock_pub, rate
             clock.clock.sec, clock.clock.nanosec = divmod(event.log_ns, 1_000_000_000)
             clock_pub.publish(clock)
         if event.role == "image":
-            msg_class = CompressedImage if event.msgtype == COMPRESSED_TYPE else Image
             stamp = stamp_ns_of(event.msg)
             texts_at[stamp] = active.active()
             publish_wall[stamp] = time.perf_counter()
-            image_pub.publish(deserialize_message(event.raw, msg_class))
+            image_pub.publish(outgoing[id(event)])
             sent.append(stamp)
             if bar is not None:
                 bar.update(1)
@@ -713,6 +712,30 @@ def _publish_timed(events, image_pub, command_pub, question_pub, clock_pub, rate
     if bar is not None:
         bar.close()
     return sent, texts_at, publish_wall
+
+
+def _ros_image(event):
+    """A bag's image message as an rclpy message. ROS 2 bags hold the exact CDR bytes; ROS 1
+    bags (other serialization, a ``seq`` in the header) are rebuilt field by field."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CompressedImage, Image
+
+    compressed = event.msgtype == COMPRESSED_TYPE
+    msg_class = CompressedImage if compressed else Image
+    if not event.ros1:
+        return deserialize_message(event.raw, msg_class)
+    source = event.msg
+    msg = msg_class()
+    msg.header.stamp.sec = int(source.header.stamp.sec)
+    msg.header.stamp.nanosec = int(source.header.stamp.nanosec)
+    msg.header.frame_id = str(source.header.frame_id)
+    if compressed:
+        msg.format = str(source.format)
+    else:
+        msg.height, msg.width, msg.step = int(source.height), int(source.width), int(source.step)
+        msg.encoding, msg.is_bigendian = str(source.encoding), int(source.is_bigendian)
+    msg.data = bytes(source.data)
+    return msg
 
 
 def _drain(received, lock, expected, timeout) -> None:

@@ -145,3 +145,43 @@ def test_essen_bag_cli_writes_bag_and_refuses_bad_input(dataset, tmp_path):
     # Sidecar lines are plain JSON with the stamp split as in a ROS header.
     first = json.loads((out / "truth.jsonl").read_text().splitlines()[0])
     assert first["sec"] * 10**9 + first["nanosec"] == first["stamp_ns"]
+
+
+def _ros1_bag(path, rgb, text):
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS1_NOETIC)
+    types = store.types
+    writer = Writer(path)
+    writer.open()
+    image_conn = writer.add_connection("/cam/image", bagtool.IMAGE_TYPE, typestore=store)
+    text_conn = writer.add_connection("/robot/command", bagtool.STRING_TYPE, typestore=store)
+    writer.write(text_conn, 5, store.serialize_ros1(types[bagtool.STRING_TYPE](data=text),
+                                                    bagtool.STRING_TYPE))
+    header = types["std_msgs/msg/Header"](
+        seq=7, stamp=types["builtin_interfaces/msg/Time"](sec=3, nanosec=5), frame_id="cam")
+    image = types[bagtool.IMAGE_TYPE](header=header, height=rgb.shape[0], width=rgb.shape[1],
+                                      encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3,
+                                      data=rgb.reshape(-1))
+    writer.write(image_conn, 10, store.serialize_ros1(image, bagtool.IMAGE_TYPE))
+    writer.close()
+    return path
+
+
+def test_ros1_bag_is_read_and_rebuilt_as_a_ros2_message_for_live_replay(tmp_path):
+    from essen_ros.evaluate import _ros_image
+    from essen_ros.ros.image_conversion import image_to_rgb
+
+    rgb = sample_image()
+    bag = _ros1_bag(tmp_path / "old.bag", rgb, "the red cube")
+    with bagtool.BagSource(bag) as source:
+        events = list(source.events())
+    assert source.is_ros1 and source.command_topic == "/robot/command"
+    assert [e.role for e in events] == ["command", "image"]
+    image = events[1]
+    assert np.array_equal(bagtool.message_to_rgb(image.msgtype, image.msg), rgb)
+    assert bagtool.stamp_ns_of(image.msg) == 3_000_000_005
+    ros2 = _ros_image(image)  # what live replay publishes
+    assert (ros2.header.stamp.sec, ros2.header.stamp.nanosec, ros2.header.frame_id) == (3, 5, "cam")
+    assert np.array_equal(image_to_rgb(ros2), rgb)
