@@ -96,3 +96,23 @@ def test_rotated_cubes_render_at_their_recorded_rotation(renderer):
         assert np.abs(np.array(box) - np.r_[outline.min(0), outline.max(0)]).max() <= 1.5
         boxes.append(box[2] - box[0])
     assert boxes[0] < boxes[1] < boxes[2]    # a turned square covers a wider extent
+
+
+@pytest.mark.parametrize("size", [(96, 96), (128, 72), (120, 90)])
+def test_floor_fills_the_view_for_any_aspect_ratio(size):
+    with Renderer(*size) as r:
+        for i in range(6):
+            rgb = r.render(sample_scene(np.random.default_rng(i), image_size=size)).rgb
+            assert (rgb.max(axis=2) < 20).sum() == 0   # no black sky above a horizon
+
+
+def test_replacing_a_renderer_leaves_the_new_ones_images_intact():
+    # The old renderer is freed while the new one's GL context is current; freeing must not
+    # delete the new renderer's buffers (they share GL object ids).
+    renderer = None
+    for size in ((120, 90), (160, 120), (120, 90)):
+        renderer = Renderer(*size)
+        for i in range(4):
+            rgb = renderer.render(sample_scene(np.random.default_rng(i), image_size=size)).rgb
+            assert (rgb.max(axis=2) < 20).sum() == 0
+    renderer.close()

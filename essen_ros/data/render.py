@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 
+# MuJoCo picks its OpenGL back-end when it is first imported; too late to choose after that.
+_MUJOCO_IMPORTED_FIRST = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
@@ -81,7 +84,7 @@ def _model_xml(width: int, height: int, shadow_size: int) -> str:
   <visual>
     <global offwidth="{width}" offheight="{height}"/>
     <quality shadowsize="{shadow_size}" offsamples="0"/>
-    <map znear="0.02" zfar="30" shadowclip="1.2"/>
+    <map znear="0.02" zfar="80" shadowclip="2.5"/>
     <headlight ambient="0.25 0.25 0.25" diffuse="0 0 0" specular="0 0 0"/>
   </visual>
   <asset>
@@ -89,11 +92,13 @@ def _model_xml(width: int, height: int, shadow_size: int) -> str:
     {materials}
   </asset>
   <worldbody>
-    <light name="key" type="spot" castshadow="true" pos="0 0 10" dir="0 0 -1" cutoff="50"
-           exponent="2" bulbradius="0.6" diffuse="0.7 0.7 0.7" specular="0.5 0.5 0.5"/>
+    <light name="key" directional="true" castshadow="true" pos="0 0 10" dir="0 0 -1"
+           diffuse="0.4 0.4 0.4" specular="0.5 0.5 0.5"/>
+    <light name="glow" type="spot" castshadow="false" pos="0 0 10" dir="0 0 -1" cutoff="85"
+           exponent="4" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
     <light name="fill" directional="true" castshadow="false" pos="0 0 10" dir="0 0 -1"
            diffuse="0.25 0.25 0.25" specular="0.05 0.05 0.05"/>
-    <geom name="floor" type="plane" size="120 120 0.1" material="floor"/>
+    <geom name="floor" type="plane" size="400 400 0.1" material="floor"/>
     {''.join(slots)}
     <camera name="view" pos="10 0 5" xyaxes="0 1 0 -0.4 0 1" fovy="34"/>
   </worldbody>
@@ -120,11 +125,16 @@ class Renderer:
             self._gl.make_current()
             self._context = mujoco.MjrContext(self.model, mujoco.mjtFontScale.mjFONTSCALE_100)
         except Exception as error:  # no GL back-end: tell the user what to set
+            if _MUJOCO_IMPORTED_FIRST:
+                raise RendererUnavailable(
+                    "mujoco was imported before essen_ros.data.render without MUJOCO_GL set, so "
+                    "it chose a windowed back-end. Export MUJOCO_GL=egl (or osmesa) before "
+                    f"starting Python, or import essen_ros.data.render first ({error}).") from error
             raise RendererUnavailable(
                 f"MuJoCo could not open an offscreen OpenGL context with MUJOCO_GL="
                 f"{os.environ.get('MUJOCO_GL')!r} ({error}). Set MUJOCO_GL=egl (needs Mesa's "
                 f"libegl1 / libgl1-mesa-dri) or MUJOCO_GL=osmesa (apt-get install libosmesa6) "
-                f"before Python imports mujoco (import essen_ros.data.render first, or export it).") from error
+                f"before starting Python.") from error
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
         self._scene = mujoco.MjvScene(self.model, maxgeom=64)
         self._rect = mujoco.MjrRect(0, 0, self.width, self.height)
@@ -143,16 +153,26 @@ class Renderer:
         self._camera_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "view")
         self._key = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_LIGHT, "key")
         self._fill = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_LIGHT, "fill")
+        self._glow = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_LIGHT, "glow")
         self._view.fixedcamid = self._camera_id
         # Shadows are most of the rendering time on a software renderer (about 2/3).
         m.light_castshadow[self._key] = self.shadows
 
     def close(self):
-        if self._gl is not None:
-            self._gl.make_current()
+        # Free the GL objects with this renderer's own context current: freed under another
+        # renderer's context, they would delete that renderer's buffers (same GL ids).
+        gl = getattr(self, "_gl", None)
+        if gl is not None:
+            gl.make_current()
             self._context.free()
-            self._gl.free()
+            gl.free()
             self._gl = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: GL may already be gone
+            pass
 
     def __enter__(self):
         return self
@@ -228,11 +248,15 @@ class Renderer:
         el = math.radians(light.key_elevation)
         to_light = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az),
                              math.sin(el)])
-        # A spot light at a finite distance: the floor darkens away from it like CLEVR's,
-        # and its bulb radius softens the shadows.
+        # The key light casts the shadows. A directional light's shadow map spans just the
+        # table (a spot light's spans its cone and speckles at the cone's edge). A shadowless
+        # spot from the same side darkens the floor away from the light, as in CLEVR.
         m.light_dir[self._key] = -to_light
         m.light_pos[self._key] = 14.0 * to_light
-        m.light_diffuse[self._key] = light.key_intensity
+        m.light_diffuse[self._key] = 0.6 * light.key_intensity
+        m.light_dir[self._glow] = -to_light
+        m.light_pos[self._glow] = 14.0 * to_light
+        m.light_diffuse[self._glow] = 0.6 * light.key_intensity
         az_fill = view_azimuth + math.pi - math.radians(light.key_azimuth) + 0.5
         to_fill = np.array([math.cos(az_fill) * 0.7, math.sin(az_fill) * 0.7, 0.7])
         m.light_dir[self._fill] = -to_fill

@@ -207,12 +207,16 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, *,
     objects = _place_objects(rng, n_objects, shapes, colors, materials, sizes, jitter)
     width, height = image_size
     if jitter:
+        fovy = clevr_fovy(width, height, zoom=float(rng.uniform(0.9, 1.1)))
+        # Keep the horizon out of the picture (CLEVR's floor fills the view): the top edge
+        # of the view must still look down by some degrees.
+        elevation = max(float(rng.uniform(24.0, 42.0)), fovy / 2.0 + 8.0)
         camera = orbit_camera(
             azimuth=float(rng.uniform(-180.0, 180.0)),
-            elevation=float(rng.uniform(24.0, 42.0)),
+            elevation=elevation,
             distance=float(rng.uniform(10.0, 12.5)),
             lookat=(float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.6, 0.6)), 0.0),
-            fovy=clevr_fovy(width, height, zoom=float(rng.uniform(0.9, 1.1))))
+            fovy=fovy)
         lighting = Lighting(key_azimuth=float(rng.uniform(-80.0, 0.0)),
                             key_elevation=float(rng.uniform(35.0, 70.0)),
                             key_intensity=float(rng.uniform(0.45, 0.7)),
