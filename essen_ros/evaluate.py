@@ -546,7 +546,8 @@ def _replay(events, images, topics, side, bag, read, *, prefix, compressed, rate
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
     try:
-        _wait_for_node(node, [image_pub, command_pub, question_pub], node_proc, log_path,
+        _wait_for_node(node, [image_pub, command_pub, question_pub],
+                       [f"{prefix}/grounding", f"{prefix}/answer"], node_proc, log_path,
                        startup_timeout, image_name, attach)
         sent, texts_at, publish_wall = _publish_timed(
             events, image_pub, command_pub, question_pub, clock_pub, rate, fixed, progress)
@@ -647,14 +648,16 @@ def _live_examples(images, records) -> list:
     return examples
 
 
-def _wait_for_node(node, publishers, node_proc, log_path, timeout, image_name, attach) -> None:
-    """Until the node subscribes to what we publish (and publishes what we read)."""
+def _wait_for_node(node, publishers, result_topics, node_proc, log_path, timeout, image_name,
+                   attach) -> None:
+    """Until the node subscribes to what we publish and publishes what we read."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if node_proc is not None and node_proc.poll() is not None:
             raise EvalError(f"the node exited with status {node_proc.returncode} before the replay "
                             f"started. Its last output:\n{_tail(log_path)}")
-        if all(p.get_subscription_count() > 0 for p in publishers):
+        if (all(p.get_subscription_count() > 0 for p in publishers)
+                and all(node.count_publishers(t) > 0 for t in result_topics)):
             # Discovery is symmetric only eventually: give the node's side a moment to match
             # our publishers too, or the first texts are lost.
             time.sleep(1.0)
@@ -849,6 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--threshold must be in [0, 1]")
     progress = not args.no_progress and sys.stderr.isatty()
     try:
+        if args.out.exists() and not args.out.is_dir():
+            raise EvalError(f"--out {args.out} is a file; give a folder for the report")
         if args.data is not None:
             if not args.data.exists():
                 raise EvalError(f"dataset {args.data} does not exist")
@@ -878,13 +883,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   startup_timeout=args.startup_timeout,
                                   drain_timeout=args.drain_timeout, progress=progress)
         else:
+            # Bag problems (missing topics, unreadable file) are found before the model loads.
+            fixed = args.command is not None or args.question is not None
+            with BagSource(args.bag, args.image_topic, args.command_topic, args.question_topic,
+                           require_texts=not fixed):
+                pass
             predictor, model_path = _load_predictor(args.model, args.threshold, args.threads)
             results = evaluate_bag(predictor, args.bag, sidecar=args.sidecar,
                                    image_topic=args.image_topic, command_topic=args.command_topic,
                                    question_topic=args.question_topic, command=args.command,
                                    question=args.question, limit=args.limit, progress=progress)
         results["source"]["model"] = str(model_path) if model_path else None
-        paths = write_report(results, args.out)
+        try:
+            paths = write_report(results, args.out)
+        except OSError as error:
+            raise EvalError(f"cannot write the report to {args.out}: {error}") from None
     except (EvalError, BagError) as error:
         print(f"essen-eval: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

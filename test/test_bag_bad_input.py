@@ -58,12 +58,20 @@ def _string(text):
 
 
 def _eval_cli(*args, timeout=180):
+    """essen-eval as a user runs it: a separate process."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "essen_ros.evaluate", "--no-progress", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_bag_without_text_topics_lists_topics_and_the_flags_to_pass(tmp_path, tiny_checkpoint):
+def _eval_main(capsys, *args):
+    """essen-eval's main() in this process (no interpreter and torch start-up per call)."""
+    code = evaluate.main(["--no-progress", *map(str, args)])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def test_bag_without_text_topics_lists_topics_and_the_flags_to_pass(tmp_path):
     bag = _raw_bag(tmp_path / "bag", [("/cam/rgb", bagtool.IMAGE_TYPE, 10**9, _image(10**9)),
                                       ("/speech", bagtool.STRING_TYPE, 10**9 - 1, _string("hi"))])
     with pytest.raises(bagtool.BagError) as error:
@@ -71,7 +79,8 @@ def test_bag_without_text_topics_lists_topics_and_the_flags_to_pass(tmp_path, ti
     message = str(error.value)
     assert "/cam/rgb" in message and "/speech" in message
     assert "--command-topic" in message and "--command TEXT" in message
-    run = _eval_cli("--bag", bag, "--model", tiny_checkpoint, "--out", tmp_path / "out")
+    # Said before any model is loaded (the model path here does not even exist).
+    run = _eval_cli("--bag", bag, "--model", tmp_path / "no_model", "--out", tmp_path / "out")
     assert run.returncode == 2 and "/speech" in run.stderr and "Traceback" not in run.stderr
     # The advice works: a fixed command (or naming the topic) evaluates the bag.
     fixed = evaluate.evaluate_bag(FakePredictor(), bag, command="the left thing")
@@ -180,14 +189,14 @@ def test_bag_without_sidecar_reports_predictions_and_timing_only(tmp_path, datas
     assert json.loads(open(paths["json"]).read())["metrics"]["grounding"]["overall"]["n"] == 0
 
 
-def test_manifest_lines_with_missing_fields_are_skipped_and_counted(tmp_path, tiny_checkpoint):
+def test_manifest_lines_with_missing_fields_are_skipped_and_counted(tmp_path, tiny_checkpoint, capsys):
     data = make_dataset(tmp_path / "data", extra_lines=[
         json.dumps({"image": "images/img0.png", "task": "vqa", "text": "what?"}),  # no answer
         json.dumps({"image": "images/img0.png", "task": "ground", "text": "x"}),   # no box
         "{broken",
     ])
     out = tmp_path / "out"
-    run = _eval_cli("--data", data, "--model", tiny_checkpoint, "--out", out)
+    run = _eval_main(capsys, "--data", data, "--model", tiny_checkpoint, "--out", out)
     assert run.returncode == 0, run.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["counts"]["records"] == 10
@@ -195,14 +204,19 @@ def test_manifest_lines_with_missing_fields_are_skipped_and_counted(tmp_path, ti
     assert "skipped" in run.stdout
 
 
-def test_user_errors_exit_2_without_traceback(tmp_path, tiny_checkpoint, dataset):
+def test_user_errors_exit_2_without_traceback(tmp_path, tiny_checkpoint, dataset, capsys):
     cases = [
-        ("--bag", tmp_path / "missing", "--model", tiny_checkpoint),
         ("--data", tmp_path / "missing", "--model", tiny_checkpoint),
         ("--data", dataset, "--model", tmp_path / "no_model"),
         ("--bag", dataset, "--model", tiny_checkpoint),  # a folder that is not a bag
+        ("--data", dataset, "--model", tiny_checkpoint, "--out", dataset / "annotations.jsonl"),
     ]
     for args in cases:
-        run = _eval_cli(*args, "--out", tmp_path / "out")
+        if "--out" not in args:
+            args = (*args, "--out", tmp_path / "out")
+        run = _eval_main(capsys, *args)
         assert run.returncode == 2, (args, run.stderr)
-        assert "essen-eval: error:" in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith("essen-eval: error:"), run.stderr
+    # And as a separate process: a message, no traceback.
+    run = _eval_cli("--bag", tmp_path / "missing", "--out", tmp_path / "out")
+    assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr
