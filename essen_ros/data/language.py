@@ -81,7 +81,9 @@ COMMAND_FORMS = [("{np}", 5), ("{verb} {np}", 12), ("please {verb} {np}", 3),
                  ("i want you to {verb} {np}", 1), ("kindly {verb} {np}", 1),
                  ("robot, {verb} {np}", 1), ("now {verb} {np}", 1), ("go ahead and {verb} {np}", 1),
                  ("where is {np}?", 3), ("where's {np}?", 1), ("which one is {np}?", 1),
-                 ("i am looking for {np}", 1), ("do you see {np}?", 0)]
+                 ("i am looking for {np}", 1), ("i'd like {np}", 1), ("can i have {np}?", 1),
+                 ("show {np}", 1), ("put your finger on {np}", 1), ("which object is {np}?", 1),
+                 ("please, {verb} {np}", 1), ("{verb} {np} for me", 1), ("help me {verb} {np}", 1)]
 
 
 def _weighted(rng, options):
@@ -178,11 +180,16 @@ def noun_phrase(rng, attrs: dict, det: str | None = "the", plural: bool = False)
     words = []
     if "size" in attrs:
         words.append(_weighted(rng, SIZE_WORDS[attrs["size"]]))
-    if "color" in attrs:
-        words.append(_weighted(rng, COLOR_WORDS[attrs["color"]]))
     postfix = ""
+    if "color" in attrs:
+        color = _weighted(rng, COLOR_WORDS[attrs["color"]])
+        if not plural and rng.random() < 0.1:
+            postfix = " " + str(rng.choice(["that is {c}", "colored {c}", "in {c}",
+                                             "with a {c} color", "which is {c}"])).format(c=color)
+        else:
+            words.append(color)
     if "material" in attrs:
-        if rng.random() < 0.15 and not plural:
+        if rng.random() < 0.15 and not plural and not postfix:
             postfix = " " + str(_weighted(rng, MATERIAL_POSTFIX[attrs["material"]]))
         else:
             words.append(_weighted(rng, MATERIAL_WORDS[attrs["material"]]))
@@ -215,17 +222,21 @@ ATTRIBUTE_QUESTIONS = {
     "color": ["what color is {np}?", "what colour is {np}?", "what is the color of {np}?",
               "which color is {np}?", "which colour is {np}?", "what color does {np} have?",
               "tell me the color of {np}", "{np} is what color?", "what is the colour of {np}?",
-              "the color of {np} is what?", "what color is {np}"],
+              "the color of {np} is what?", "what color is {np}", "what's the color of {np}?",
+              "what colour does {np} have?", "name the color of {np}"],
     "shape": ["what shape is {np}?", "what is the shape of {np}?", "which shape is {np}?",
               "what shape does {np} have?", "what kind of shape is {np}?",
-              "tell me the shape of {np}", "{np} has what shape?", "what is the form of {np}?"],
+              "tell me the shape of {np}", "{np} has what shape?", "what's the shape of {np}?",
+              "what geometric shape is {np}?"],
     "material": ["what material is {np}?", "what is {np} made of?", "what is the material of {np}?",
                  "what is {np} made out of?", "is {np} metal or rubber?", "is {np} rubber or metal?",
                  "which material is {np}?", "what material is {np} made of?",
-                 "tell me what {np} is made of"],
+                 "tell me what {np} is made of", "what's {np} made of?",
+                 "is {np} made of metal or rubber?", "what kind of material is {np}?"],
     "size": ["what size is {np}?", "what is the size of {np}?", "how big is {np}?",
              "is {np} big or small?", "is {np} small or large?", "is {np} large or small?",
-             "which size is {np}?", "what size does {np} have?", "tell me the size of {np}"],
+             "which size is {np}?", "what size does {np} have?", "tell me the size of {np}",
+             "is {np} large or small?", "what's the size of {np}?"],
 }
 COUNT_QUESTIONS = ["how many {pl} are there?", "how many {pl} are in the scene?",
                    "how many {pl} do you see?", "how many {pl} can you see?",
@@ -233,12 +244,16 @@ COUNT_QUESTIONS = ["how many {pl} are there?", "how many {pl} are in the scene?"
                    "what is the number of {pl}?", "how many {pl} are visible?",
                    "tell me how many {pl} there are", "how many {pl} are in the picture?",
                    "what is the total number of {pl}?", "number of {pl}?",
-                   "how many {pl} are on the table?", "how many {pl}?"]
+                   "how many {pl} are on the table?", "how many {pl}?", "how many {pl} exist?",
+                   "give me the number of {pl}", "count how many {pl} there are",
+                   "how many {pl} are present?", "what's the number of {pl}?"]
 EXIST_QUESTIONS = ["is there {a}?", "are there any {pl}?", "does the scene contain {a}?",
                    "is there any {sg}?", "do you see {a}?", "can you see any {pl}?",
                    "is {a} present?", "are any {pl} visible?", "does the image contain {a}?",
                    "is there at least one {sg}?", "are there {pl}?", "can you find {a}?",
-                   "does the picture have {a} in it?", "is there {a} in the scene?"]
+                   "does the picture have {a} in it?", "is there {a} in the scene?",
+                   "do you see any {pl}?", "is there {a} on the table?", "are there any {pl} here?",
+                   "can you spot {a}?", "does {a} exist in the scene?"]
 COMPARE_QUESTIONS = {
     "color": ["is {a} the same color as {b}?", "does {a} have the same color as {b}?",
               "are {a} and {b} the same color?", "do {a} and {b} have the same colour?",

@@ -219,10 +219,10 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, *,
             fovy=fovy)
         lighting = Lighting(key_azimuth=float(rng.uniform(-80.0, 0.0)),
                             key_elevation=float(rng.uniform(35.0, 70.0)),
-                            key_intensity=float(rng.uniform(0.45, 0.7)),
+                            key_intensity=float(rng.uniform(0.5, 0.75)),
                             fill_intensity=float(rng.uniform(0.15, 0.3)),
                             ambient=float(rng.uniform(0.28, 0.38)),
-                            floor_gray=float(rng.uniform(0.45, 0.62)))
+                            floor_gray=float(rng.uniform(0.48, 0.62)))
     else:
         camera = clevr_camera(width, height)
         lighting = Lighting()
