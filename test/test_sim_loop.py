@@ -96,8 +96,12 @@ def offline_records(report_dir, predictor) -> list[dict]:
     return records
 
 
-def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, tmp_path):
-    checkpoint = make_checkpoint(tmp_path / "tiny", "tiny")
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("sim_loop") / "tiny", "tiny")
+
+
+def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, tmp_path, checkpoint):
     report_dir = tmp_path / "report"
     listener = Listener()
     try:
@@ -168,9 +172,8 @@ def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, 
         assert again.get("pred_answer") == live.get("pred_answer")
 
 
-def test_one_command_runs_the_whole_loop_and_stops_its_children(spawn, tmp_path):
+def test_one_command_runs_the_whole_loop_and_stops_its_children(spawn, tmp_path, checkpoint):
     """`essen-scorer --launch`: the README's command for machines without `ros2 launch`."""
-    checkpoint = make_checkpoint(tmp_path / "tiny", "tiny")
     scorer = spawn(["-m", "essen_ros.ros.scorer", "--launch", "--checkpoint", str(checkpoint),
                     "--rate", "4", "--ros-args", "-p", "duration:=4.0", "-p", f"report_dir:={tmp_path / 'rep'}"])
     out, _ = scorer.communicate(timeout=240)
