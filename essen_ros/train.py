@@ -140,8 +140,9 @@ def read_items(folder: "str | Path") -> list[dict]:
         raw, report = read_manifest(jsonl)
         for item in raw:
             record = dataclasses.asdict(item) if dataclasses.is_dataclass(item) else dict(item)
-            if hasattr(item, "image_path"):
-                record["image"] = str(item.image_path())
+            image_path = getattr(item, "image_path", None)  # resolved against the manifest's folder
+            if image_path is not None:
+                record["image"] = str(image_path() if callable(image_path) else image_path)
             items.append(record)
         if getattr(report, "skipped", 0):
             log.warning("%s", report)
@@ -372,32 +373,38 @@ def compute_losses(model, batch: dict, weights: dict) -> dict[str, torch.Tensor]
     """Weighted losses of the tasks present in the batch; 'total' is their sum."""
     from essen_ros.model.heads import grounding_loss
 
-    core = model.module if hasattr(model, "module") else model
     out = model(batch["pixels"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
     losses: dict[str, torch.Tensor] = {}
     pooled = out["pooled"]
     if weights.get("itm", 0) > 0 and bool((batch["match"] >= 0).any()):
         rows = batch["match"] >= 0
-        losses["itm"] = F.cross_entropy(core.heads.itm(pooled[rows]), batch["match"][rows])
+        losses["itm"] = F.cross_entropy(model.heads.itm(pooled[rows]), batch["match"][rows])
     if weights.get("mlm", 0) > 0 and bool((batch["mlm_labels"] >= 0).any()):
         where = batch["mlm_labels"] >= 0
-        logits = core.heads.mlm(out["text"][where])  # only masked positions reach the vocab
+        logits = model.heads.mlm(out["text"][where])  # only masked positions reach the vocab
         losses["mlm"] = F.cross_entropy(logits, batch["mlm_labels"][where])
     if weights.get("ground", 0) > 0 and bool(batch["is_ground"].any()):
         rows = batch["is_ground"]
-        cell_logits, boxes, found_logit = core.heads.grounding(out["image"][rows], pooled[rows], out["grid"])
+        cell_logits, boxes, found_logit = model.heads.grounding(out["image"][rows], pooled[rows], out["grid"])
         losses["ground"] = grounding_loss(cell_logits, boxes, found_logit, batch["box"][rows],
                                           batch["found"][rows], out["grid"])
     if weights.get("vqa", 0) > 0 and bool(batch["is_vqa"].any()):
         rows = batch["is_vqa"]
-        losses["vqa"] = F.cross_entropy(core.heads.vqa(pooled[rows]), batch["answer"][rows])
+        losses["vqa"] = F.cross_entropy(model.heads.vqa(pooled[rows]), batch["answer"][rows])
     total = sum(float(weights[k]) * v for k, v in losses.items())
-    if not losses:
-        total = pooled.sum() * 0.0
-    # Touch every head so DDP sees all parameters used in every step.
-    total = total + 0.0 * sum(p.sum() for p in core.heads.parameters() if p.requires_grad)
-    losses["total"] = total
+    losses["total"] = total if losses else pooled.sum() * 0.0
     return losses
+
+
+class LossModule(torch.nn.Module):
+    """Model + losses as one forward, so DistributedDataParallel sees every head's use."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, weights: dict) -> dict:
+        return compute_losses(self.model, batch, weights)
 
 
 # ======================================================================= validation
@@ -492,6 +499,8 @@ def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
 def restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
     state: dict = {}
     for name, value in tensors.items():
+        if not name.startswith("state."):
+            continue
         _, index, key = name.split(".", 2)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
@@ -704,11 +713,12 @@ def train(config: TrainConfig, model_config: ModelConfig, data: Path, out: Path,
         log.info("model: %s", parameter_summary(model))
     model.to(device)
     tokenizer = model.tokenizer
-    ddp_model = model
+    loss_module = LossModule(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+        # find_unused_parameters: a stage trains only some heads.
+        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None,
                                             find_unused_parameters=True)
 
     stop = StopFlag()
@@ -763,7 +773,7 @@ def train(config: TrainConfig, model_config: ModelConfig, data: Path, out: Path,
                     factor = lr_factor(frac, stage)
                     for group in optimizer.param_groups:
                         group["lr"] = group["base_lr"] * factor
-                    losses = compute_losses(ddp_model, batch, weights)
+                    losses = loss_module(batch, weights)
                     optimizer.zero_grad(set_to_none=True)
                     losses["total"].backward()
                     if stage.grad_clip > 0:
