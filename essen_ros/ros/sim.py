@@ -387,6 +387,9 @@ class SimNode(Node):
                 # Rendering slower than the rate: don't burst to catch up, carry on from now.
                 self.frames_late += 1
                 next_time = time.monotonic()
+                self.get_logger().warning(
+                    f"rendering cannot keep {self.rate:g} Hz on this machine ({self.frames_late} "
+                    "frames late so far): lower rate, width or height", throttle_duration_sec=10.0)
 
     def _publish(self, frame: Frame):
         stamp = self._stamp(frame.index)
