@@ -69,9 +69,14 @@ def _latency_line(results: dict) -> list[str]:
         model = results["metrics"]["model_latency_ms"]
         image = timing.get("image_encode_ms", {})
         fps = timing.get("frames_per_s")
-        count = timing.get("images", timing.get("frames", 0))
-        lines.append(f"speed: {count} images in {timing.get('seconds', 0):.1f} s = "
-                     f"{'n/a' if fps is None else f'{fps:.1f}'} frames/s; image encoding p50 "
+        fps_text = "n/a" if fps is None else f"{fps:.1f}"
+        if "images" in timing:  # a dataset: several items per image, loading included
+            speed = (f"{timing['images']} images ({results['counts']['records']} items) in "
+                     f"{timing.get('seconds', 0):.1f} s = {fps_text} images/s (loading included)")
+        else:
+            speed = (f"{timing.get('frames', 0)} frames in {timing.get('seconds', 0):.1f} s = "
+                     f"{fps_text} frames/s")
+        lines.append(f"speed: {speed}; image encoding p50 "
                      f"{_ms(image.get('p50'))}, grounding p50 {_ms(model['ground']['p50'])}, "
                      f"VQA p50 {_ms(model['vqa']['p50'])} (p95 {_ms(model['ground']['p95'])} / "
                      f"{_ms(model['vqa']['p95'])})")
@@ -247,6 +252,32 @@ def plot_latency(results: dict, path: Path) -> bool:
     return True
 
 
+def plot_confusion(results: dict, path: Path) -> bool:
+    """VQA answers: true (rows) against predicted (columns), counts in the cells."""
+    confusion = results["metrics"]["vqa"]["confusion"]
+    labels, matrix = confusion["labels"], np.array(confusion["matrix"])
+    if not labels or matrix.sum() == 0:
+        return False
+    plt = _plt()
+    size = max(4.0, 0.32 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), n in np.ndenumerate(matrix):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=6,
+                    color="white" if n > matrix.max() / 2 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title("VQA confusion matrix")
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return True
+
+
 def _draw_box(ax, box, color, style):
     from matplotlib.patches import Rectangle
 
@@ -307,6 +338,7 @@ def write_report(results: dict, out_dir: Path | str) -> dict:
     paths = {}
     images = {}
     for name, plot, payload in (("accuracy", plot_accuracy, results),
+                                ("confusion", plot_confusion, results),
                                 ("latency", plot_latency, results),
                                 ("examples", plot_examples, results.get("_examples", []))):
         target = out / f"{name}.png"

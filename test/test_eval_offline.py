@@ -77,7 +77,7 @@ def test_report_files_are_complete_and_readable(dataset, tmp_path):
     assert saved["metrics"]["vqa"]["confusion"]["labels"][0] == "red"
     summary = open(paths["summary"]).read()
     assert "| template | 2 | 100.0%" in summary and "![examples](examples.png)" in summary
-    for name in ("accuracy", "latency", "examples"):
+    for name in ("accuracy", "confusion", "latency", "examples"):
         with PILImage.open(paths[name]) as picture:
             assert picture.format == "PNG" and picture.size[0] > 300
     assert not [p for p in (tmp_path / "report").iterdir() if p.name.startswith(".")]
@@ -89,7 +89,7 @@ def test_essen_eval_runs_on_clevr_dev(clevr_dev, tmp_path, tiny_checkpoint, caps
                           "--out", str(out), "--limit", "60", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "grounding (" in printed and "VQA (" in printed and "frames/s" in printed
+    assert "grounding (" in printed and "VQA (" in printed and "images/s" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["counts"]["records"] == 60
     assert results["metrics"]["grounding"]["overall"]["n"] + results["metrics"]["vqa"]["overall"]["n"] == 60
