@@ -43,6 +43,13 @@ from essen_ros.data.vocab import SHAPES, SIZE_RADIUS  # noqa: E402
 MIN_VISIBLE_FRACTION = 0.3   # below this share of its unoccluded silhouette, an object is "hidden"
 MIN_VISIBLE_PIXELS = 30
 
+# Metal: a darker, saturated body (emission keeps the hue) and strong highlights, which is
+# how CLEVR's mirror-like metal reads at this size; rubber: plain matte colour.
+METAL_DIFFUSE = 0.5
+METAL_SHININESS = 0.5
+METAL_EMISSION = 0.25
+HEADLIGHT_SPECULAR = 0.35   # highlights seen from the camera, as CLEVR's metal shows
+
 _HIDDEN_GROUP = 3            # geom group switched off in the render options: unused slots
 _SHAPE_GEOM = {"cube": "box", "sphere": "sphere", "cylinder": "cylinder"}
 
@@ -85,7 +92,7 @@ def _model_xml(width: int, height: int, shadow_size: int) -> str:
     <global offwidth="{width}" offheight="{height}"/>
     <quality shadowsize="{shadow_size}" offsamples="0"/>
     <map znear="0.02" zfar="80" shadowclip="2.5"/>
-    <headlight ambient="0.25 0.25 0.25" diffuse="0 0 0" specular="0 0 0"/>
+    <headlight ambient="0.25 0.25 0.25" diffuse="0 0 0" specular="{HEADLIGHT_SPECULAR} {HEADLIGHT_SPECULAR} {HEADLIGHT_SPECULAR}"/>
   </visual>
   <asset>
     <material name="floor" rgba="0.55 0.55 0.55 1" specular="0.05" shininess="0.05"/>
@@ -212,10 +219,10 @@ class Renderer:
             material = m.geom_matid[geom]
             if obj.material == "metal":
                 # Shiny: darker body, strong tight highlight (CLEVR's metal is a mirror-ish BSDF).
-                m.mat_rgba[material] = (*(0.75 * np.asarray(rgb)), 1.0)
+                m.mat_rgba[material] = (*(METAL_DIFFUSE * np.asarray(rgb)), 1.0)
                 m.mat_specular[material] = 1.0
-                m.mat_shininess[material] = 0.6
-                m.mat_emission[material] = 0.15
+                m.mat_shininess[material] = METAL_SHININESS
+                m.mat_emission[material] = METAL_EMISSION
             else:
                 m.mat_rgba[material] = (*rgb, 1.0)
                 m.mat_specular[material] = 0.08
