@@ -116,3 +116,13 @@ def test_replacing_a_renderer_leaves_the_new_ones_images_intact():
             rgb = renderer.render(sample_scene(np.random.default_rng(i), image_size=size)).rgb
             assert (rgb.max(axis=2) < 20).sum() == 0
     renderer.close()
+
+
+def test_metal_is_darker_with_brighter_highlights_than_rubber(renderer):
+    camera = orbit_camera(0, 30, 9, fovy=35)
+    metal = SceneObject("sphere", "blue", "metal", "large", (0.0, -1.0, 0.7))
+    rubber = SceneObject("sphere", "blue", "rubber", "large", (0.0, 1.0, 0.7))
+    result = renderer.render(Scene([metal, rubber], camera))
+    shine = [result.rgb[result.seg == k].astype(int).sum(axis=1) for k in (0, 1)]
+    assert np.median(shine[0]) < np.median(shine[1])          # darker body
+    assert np.percentile(shine[0], 99) > np.percentile(shine[1], 99) + 30   # highlight
