@@ -340,6 +340,14 @@ def _topic_listing(topics: dict) -> str:
     return "\n".join(f"  {name}  [{info[0]}, {info[1]} messages]" for name, info in sorted(topics.items()))
 
 
+def resolve_bag_path(path: Path | str) -> Path:
+    """A rosbag2 is a folder; users often point at the storage file inside it instead."""
+    path = Path(path)
+    if path.is_file() and path.suffix in (".db3", ".mcap") and (path.parent / "metadata.yaml").is_file():
+        return path.parent
+    return path
+
+
 class BagSource:
     """An opened bag with its image / command / question topics chosen.
 
@@ -355,7 +363,7 @@ class BagSource:
     def __init__(self, path: Path | str, image_topic: str | None = None,
                  command_topic: str | None = None, question_topic: str | None = None,
                  require_texts: bool = True):
-        self.path = Path(path)
+        self.path = resolve_bag_path(path)
         if not self.path.exists():
             raise BagError(f"bag {self.path} does not exist")
         self.report = BagReadReport()

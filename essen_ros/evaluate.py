@@ -31,6 +31,7 @@ from essen_ros import metrics
 from essen_ros.bagtool import (
     COMPRESSED_TYPE,
     BagError,
+    resolve_bag_path,
     BagSource,
     find_sidecar,
     item_to_dict,
@@ -307,7 +308,7 @@ def evaluate_bag(predictor, bag: Path | str, *, sidecar: Path | str | None = Non
     """Offline: read the bag and run the model on every image frame with the command and
     question active at that time. Ground truth comes from the sidecar (found next to the
     bag unless given); without it, only predictions and timing are reported."""
-    bag = Path(bag)
+    bag = resolve_bag_path(bag)
     side = _sidecar_for(bag, sidecar)
     fixed = command is not None or question is not None
     skipped: Counter = Counter()
@@ -431,7 +432,7 @@ def live_replay(bag: Path | str, *, checkpoint: Path | str | None = None,
 
     if rate <= 0:
         raise EvalError(f"--rate must be positive, got {rate}")
-    bag = Path(bag)
+    bag = resolve_bag_path(bag)
     side = _sidecar_for(bag, sidecar)
     fixed = command is not None or question is not None
     # Read the selected messages first: replay timing must not wait on the disk.
@@ -552,7 +553,7 @@ def _replay(events, images, topics, side, bag, read, *, prefix, compressed, rate
         sent, texts_at, publish_wall = _publish_timed(
             events, image_pub, command_pub, question_pub, clock_pub, rate, fixed, progress)
         expected = {stamp: texts for stamp, texts in texts_at.items() if texts}
-        _drain(received, lock, expected, drain_timeout)
+        _drain(received, lock, expected, drain_timeout, node_proc)
     finally:
         spinning.clear()
         spinner.join(timeout=2)
@@ -598,6 +599,13 @@ def _replay(events, images, topics, side, bag, read, *, prefix, compressed, rate
     if skipped_before:
         skipped["frame before any command/question"] += skipped_before
     warnings = [w for w in (read["stopped"], read["salvaged"]) if w]
+    if node_proc is not None and node_proc.poll() is not None:
+        warnings.append(f"the node exited (status {node_proc.returncode}) during the replay; its "
+                        f"last output:\n{_tail(log_path)}")
+    if len(set(sent)) < len(sent):
+        warnings.append(f"{len(sent) - len(set(sent))} frames repeat another frame's header stamp: "
+                        "results are matched to frames by stamp, so those frames cannot be told "
+                        "apart (does the camera driver fill header.stamp?)")
     dropped = metrics.dropped_frames(expected.keys(), answered_stamps)
     if dropped["dropped"]:
         warnings.append(f"{dropped['dropped']} of {dropped['sent']} frames got no result from the "
@@ -741,12 +749,14 @@ def _ros_image(event):
     return msg
 
 
-def _drain(received, lock, expected, timeout) -> None:
-    """Wait for the results of the last frames: until every frame has its results, or
-    nothing new arrived for ``timeout`` seconds."""
+def _drain(received, lock, expected, timeout, node_proc=None) -> None:
+    """Wait for the results of the last frames: until every frame has its results, the
+    node has exited, or nothing new arrived for ``timeout`` seconds."""
     wanted = {(task, stamp) for stamp, texts in expected.items() for task, _ in texts}
     last_count, last_change = -1, time.monotonic()
     while time.monotonic() - last_change < timeout:
+        if node_proc is not None and node_proc.poll() is not None:
+            return
         with lock:
             have = wanted & set(received)
         if have == wanted:

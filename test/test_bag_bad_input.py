@@ -220,3 +220,11 @@ def test_user_errors_exit_2_without_traceback(tmp_path, tiny_checkpoint, dataset
     # And as a separate process: a message, no traceback.
     run = _eval_cli("--bag", tmp_path / "missing", "--out", tmp_path / "out")
     assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_pointing_at_the_storage_file_evaluates_its_bag_folder(tmp_path, dataset):
+    bag = _bag(dataset, tmp_path / "bag")
+    storage_file = next(bag.glob("*.db3"))
+    results = evaluate.evaluate_bag(FakePredictor(), storage_file)
+    assert results["source"]["bag"] == str(bag)
+    assert results["counts"]["labelled"] == 10 and not results["source"]["read"]["salvaged"]
