@@ -54,6 +54,8 @@ def test_sim_time_frames_truth_and_new_scene_service(node, spawn):
     # Simulated time: frame n is stamped n / rate, and /clock announced it.
     stamps = sorted(got["image"])
     assert all(s % 125_000_000 == 0 for s in stamps)
+    # /clock is published just before each frame but travels on its own topic: let it arrive.
+    assert spin_until(node, lambda: got["clock"] and max(got["clock"]) >= stamps[-1], 10)
     assert set(stamps) <= set(got["clock"])
     # Every frame has its calibration, ground truth and camera pose under the same stamp.
     common = [s for s in stamps if s in got["info"] and s in got["truth"] and s in got["pose"]]

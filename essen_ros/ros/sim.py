@@ -294,8 +294,10 @@ class SimNode(Node):
         except ValueError as error:
             raise StartupError(str(error)) from error
 
+        # A few frames of history: a reliable subscriber that is briefly busy still gets every
+        # frame (best-effort subscribers such as the node take the newest anyway).
         image_qos = QoSProfile(
-            depth=2, history=HistoryPolicy.KEEP_LAST,
+            depth=5, history=HistoryPolicy.KEEP_LAST,
             reliability=ReliabilityPolicy.RELIABLE if p["reliable"] else ReliabilityPolicy.BEST_EFFORT)
         # Ground truth must not be lost: scorers match every result against it.
         truth_qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
