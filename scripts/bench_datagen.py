@@ -74,14 +74,26 @@ def main() -> int:
     print("per image, one process (CPU ms): " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items())
           + f", total {sum(breakdown.values()):.1f}")
     for workers in args.workers:
-        with tempfile.TemporaryDirectory() as tmp:
-            cpu0, wall0 = cpu_seconds(), time.perf_counter()
-            counts = generate_dataset(config, Path(tmp) / "set", workers=workers, progress=False)
-            wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
-        cpu_ms = 1000 * cpu / counts["images"]
-        print(f"workers {workers}: {counts['images'] / wall:.1f} images/s wall "
-              f"({counts['items']} items), {cpu_ms:.1f} CPU ms/image incl. start-up -> "
-              f"{1000 * min(workers, os.cpu_count() or 1) / cpu_ms:.1f} images/s on idle cores; "
+        # A small run measures the fixed start-up (spawning workers, GL contexts); the
+        # difference to the full run is the steady per-image cost that a long run sees.
+        small = GenerationConfig(**{**config.__dict__, "images": 16 * workers})
+        runs = []
+        for run_config in (small, config):
+            with tempfile.TemporaryDirectory() as tmp:
+                cpu0, wall0 = cpu_seconds(), time.perf_counter()
+                counts = generate_dataset(run_config, Path(tmp) / "set", workers=workers,
+                                          progress=False)
+                runs.append((counts, time.perf_counter() - wall0, cpu_seconds() - cpu0))
+        (small_counts, small_wall, small_cpu), (counts, wall, cpu) = runs
+        extra = counts["images"] - small_counts["images"]
+        steady_cpu_ms = 1000 * (cpu - small_cpu) / extra
+        steady_wall_rate = extra / max(wall - small_wall, 1e-9)
+        cores = min(workers, os.cpu_count() or 1)
+        print(f"workers {workers}: {counts['images'] / wall:.1f} images/s wall for "
+              f"{counts['images']} images ({counts['items']} items), steady {steady_wall_rate:.1f} "
+              f"images/s wall; steady CPU {steady_cpu_ms:.1f} ms/image -> "
+              f"{1000 * cores / steady_cpu_ms:.1f} images/s on {cores} idle core(s); "
+              f"start-up {small_cpu - small_counts['images'] * steady_cpu_ms / 1000:.1f} CPU s; "
               f"load average now {os.getloadavg()[0]:.2f}")
     return 0
 
