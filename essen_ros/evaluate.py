@@ -276,14 +276,18 @@ def _bag_record(stamp_ns: int, task: str, text: str, truth_table: dict, used: se
             "variant": "unknown"}
 
 
-def _sidecar_warnings(truth_table: dict, used: set, frame_stamps: set, sidecar) -> list[str]:
+def _sidecar_warnings(truth_table: dict, used: set, frame_stamps: set, sidecar,
+                      limited: bool = False) -> list[str]:
     """Say clearly when ground truth went unused: stamps that match no frame at all, or
-    frames that never saw that text."""
+    frames that never saw that text. ``limited``: reading stopped early on purpose
+    (--limit), so entries after the last frame read are expected to go unused."""
     warnings = []
     if sidecar.skipped_lines:
         warnings.append(f"sidecar {sidecar.path}: {sidecar.skipped_lines} malformed lines skipped")
+    last = max(frame_stamps) if frame_stamps else None
     unused = [key for key, truth in truth_table.items()
-              if key not in used and truth.get("task") in ("ground", "vqa")]
+              if key not in used and truth.get("task") in ("ground", "vqa")
+              and not (limited and last is not None and key[0] > last)]
     no_frame = [key for key in unused if key[0] not in frame_stamps]
     no_text = [key for key in unused if key[0] in frame_stamps]
     if truth_table and no_frame:
@@ -380,7 +384,8 @@ def evaluate_bag(predictor, bag: Path | str, *, sidecar: Path | str | None = Non
         warnings.append("no sidecar with ground truth: reporting predictions and timing only "
                         "(pass --sidecar, or write bags with essen-bag)")
     else:
-        warnings.extend(_sidecar_warnings(side.truth, used, frame_stamps, side))
+        warnings.extend(_sidecar_warnings(side.truth, used, frame_stamps, side,
+                                          limited=limit is not None and frames >= limit))
     timing = {"seconds": seconds, "frames": frames,
               "frames_per_s": metrics.frames_per_second(frames, seconds),
               "image_encode_ms": metrics.latency_stats(image_ms)}
@@ -448,6 +453,7 @@ def live_replay(bag: Path | str, *, checkpoint: Path | str | None = None,
         read = source.report.as_dict()
         topics = {"image": source.image_topic, "command": source.command_topic,
                   "question": source.question_topic}
+    limit_reached = limit is not None and frames >= limit
     images = [e for e in events if e.role == "image"]
     if not images:
         raise EvalError(f"bag {bag} has no readable image on {topics['image']}"
@@ -477,7 +483,7 @@ def live_replay(bag: Path | str, *, checkpoint: Path | str | None = None,
                        publish_clock=publish_clock, startup_timeout=startup_timeout,
                        drain_timeout=drain_timeout, node_proc=node_proc, log_path=log_path,
                        attach=attach, progress=progress, answer_labels=answer_labels,
-                       checkpoint=checkpoint)
+                       checkpoint=checkpoint, limit_reached=limit_reached)
     finally:
         if node_proc is not None:
             if node_proc.poll() is None:
@@ -500,7 +506,7 @@ def _tail(path, lines=15) -> str:
 
 def _replay(events, images, topics, side, bag, read, *, prefix, compressed, rate, fixed,
             publish_clock, startup_timeout, drain_timeout, node_proc, log_path, attach,
-            progress, answer_labels, checkpoint) -> dict:
+            progress, answer_labels, checkpoint, limit_reached) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -616,7 +622,8 @@ def _replay(events, images, topics, side, bag, read, *, prefix, compressed, rate
     if side.path is None:
         warnings.append("no sidecar with ground truth: reporting predictions and latency only")
     else:
-        warnings.extend(_sidecar_warnings(side.truth, used, set(sent), side))
+        warnings.extend(_sidecar_warnings(side.truth, used, set(sent), side,
+                                          limited=limit_reached))
     replay_s = (max(publish_wall.values()) - min(publish_wall.values())) if publish_wall else 0.0
     timing = {"rate": rate, "frames": len(sent), "replay_seconds": replay_s,
               "end_to_end_latency_ms": metrics.latency_stats(e2e_ms),

@@ -228,3 +228,10 @@ def test_pointing_at_the_storage_file_evaluates_its_bag_folder(tmp_path, dataset
     results = evaluate.evaluate_bag(FakePredictor(), storage_file)
     assert results["source"]["bag"] == str(bag)
     assert results["counts"]["labelled"] == 10 and not results["source"]["read"]["salvaged"]
+
+
+def test_limit_reads_the_first_frames_without_warning_about_the_rest(tmp_path, dataset):
+    bag = _bag(dataset, tmp_path / "bag")
+    results = evaluate.evaluate_bag(FakePredictor(), bag, limit=2)
+    assert results["timing"]["frames"] == 2 and results["counts"]["labelled"] == 4
+    assert not [w for w in results["warnings"] if "sidecar" in w]
