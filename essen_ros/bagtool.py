@@ -227,6 +227,8 @@ def write_bag(items: Sequence, root: Path | str, out: Path | str, *, encoding: s
         raise BagError(f"unknown storage {storage!r}; choose sqlite3 or mcap")
     if image_topic is None:
         image_topic = DEFAULT_IMAGE_TOPIC + ("/compressed" if encoding in COMPRESSED_ENCODINGS else "")
+    if sidecar is not None and Path(sidecar).exists():
+        raise BagError(f"sidecar {sidecar} exists already; choose a new --sidecar")
     root = Path(root)
     records = [item_to_dict(i) for i in items]
     usable = [r for r in records if r.get("task") in ("ground", "vqa")]
@@ -238,8 +240,9 @@ def write_bag(items: Sequence, root: Path | str, out: Path | str, *, encoding: s
     staging = _atomic_target(out)
     staged_bag = staging / out.name
     sidecar_target = Path(sidecar) if sidecar is not None else out / SIDECAR_NAME
+    # An external sidecar is staged beside its target, so the final rename stays atomic.
     staged_sidecar = (staged_bag / SIDECAR_NAME if sidecar is None
-                      else staging / (sidecar_target.name + ".partial"))
+                      else sidecar_target.parent / f".{sidecar_target.name}.partial")
     summary = WriteSummary(bag=out, sidecar=sidecar_target, frames=0, commands=0, questions=0,
                            truth_lines=0, skipped_items=len(records) - len(usable))
     truth_lines: list[str] = []
@@ -290,16 +293,16 @@ def write_bag(items: Sequence, root: Path | str, out: Path | str, *, encoding: s
             writer.write(image_conn, frame.stamp_ns, typestore.serialize_cdr(msg, msgtype))
             summary.frames += 1
         writer.close()
+        staged_sidecar.parent.mkdir(parents=True, exist_ok=True)
         staged_sidecar.write_text("".join(line + "\n" for line in truth_lines))
         summary.truth_lines = len(truth_lines)
         if sidecar is not None:
-            if sidecar_target.exists():
-                raise BagError(f"sidecar {sidecar_target} exists already; choose a new --sidecar")
-            sidecar_target.parent.mkdir(parents=True, exist_ok=True)
             staged_sidecar.replace(sidecar_target)
         staged_bag.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if sidecar is not None:
+            staged_sidecar.unlink(missing_ok=True)
     return summary
 
 

@@ -185,3 +185,14 @@ def test_ros1_bag_is_read_and_rebuilt_as_a_ros2_message_for_live_replay(tmp_path
     ros2 = _ros_image(image)  # what live replay publishes
     assert (ros2.header.stamp.sec, ros2.header.stamp.nanosec, ros2.header.frame_id) == (3, 5, "cam")
     assert np.array_equal(image_to_rgb(ros2), rgb)
+
+
+def test_sidecar_can_live_outside_the_bag_and_is_found_when_given(dataset, tmp_path):
+    sidecar = tmp_path / "truth" / "demo.jsonl"
+    summary = _write(dataset, tmp_path / "bag", sidecar=sidecar)
+    assert sidecar.is_file() and not (summary.bag / "truth.jsonl").exists()
+    assert not list(sidecar.parent.glob(".*partial"))
+    assert len(bagtool.read_sidecar(sidecar).truth) == summary.truth_lines == 10
+    with pytest.raises(bagtool.BagError, match="sidecar .* exists already"):
+        _write(dataset, tmp_path / "bag2", sidecar=sidecar)
+    assert not (tmp_path / "bag2").exists()
