@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,6 @@ class GenerationConfig:
     vqa_per_image: int = 8
     captions_per_image: int = 2
     write_images: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self):
         if not isinstance(self.images, int) or self.images < 1:

@@ -95,7 +95,6 @@ def test_fitted_boxes_enclose_the_objects_rendered_pixels(clevr_root, tmp_path):
     out = tmp_path / "boxes"
     assert main(["--from-clevr", str(clevr_root / "scenes" / "CLEVR_val_scenes.json"),
                  "--out", str(out), "--no-progress", "--images", "2"]) == 0
-    scenes = json.loads((clevr_root / "scenes" / "CLEVR_val_scenes.json").read_text())["scenes"]
     with Renderer(480, 320) as renderer:
         for i, graph in enumerate(read_scenes(out).values()):
             truth = Scene.from_dict(graph)

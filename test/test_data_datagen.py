@@ -1,6 +1,5 @@
 """essen-datagen end to end: determinism, label checks on the written files, bad requests."""
 import filecmp
-import json
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ from PIL import Image
 from essen_ros.data.language import execute
 from essen_ros.data.manifest import read_manifest, read_scenes
 from essen_ros.data.scene import Scene
-from essen_ros.datagen import GenerationConfig, generate_dataset, main
+from essen_ros.datagen import main
 
 SMALL = ["--width", "128", "--height", "96", "--no-progress"]
 

@@ -2,7 +2,6 @@
 import re
 
 import numpy as np
-import pytest
 
 from essen_ros.data import language
 from essen_ros.data.language import LanguageGenerator, execute, generate, resolve

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from essen_ros.data.render import Renderer
-from essen_ros.data.scene import Camera, Scene, SceneObject, orbit_camera, relations, sample_scene
+from essen_ros.data.scene import Scene, SceneObject, orbit_camera, relations, sample_scene
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ def clevr_scene_objects(scene: dict) -> list:
 
 def convert_scene(scene: dict, width=480, height=320, renderer=None):
     """One CLEVR scene dict -> (Scene, boxes, centers, visible, relations, fit rms)."""
-    from essen_ros.data.render import silhouette_area, surface_points  # noqa: F401
+    from essen_ros.data.render import surface_points
     objects = clevr_scene_objects(scene)
     if not objects:
         raise ValueError("scene without objects")

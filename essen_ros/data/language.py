@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 from essen_ros.data.vocab import ATTRIBUTES
 
 ATTRIBUTE_ORDER = ("size", "color", "material", "shape")   # CLEVR's adjective order
@@ -87,12 +89,12 @@ COMMAND_FORMS = [("{np}", 5), ("{verb} {np}", 12), ("please {verb} {np}", 3),
 
 
 def _weighted(rng, options):
-    words = [w for w, _ in options if _ > 0] if isinstance(options[0], tuple) else options
-    if isinstance(options[0], tuple):
-        weights = [p for _, p in options if p > 0]
-        total = float(sum(weights))
-        return words[int(rng.choice(len(words), p=[p / total for p in weights]))]
-    return options[int(rng.integers(len(options)))]
+    """Pick from [(word, weight), ...] by weight, or uniformly from a plain list."""
+    if not isinstance(options[0], tuple):
+        return options[int(rng.integers(len(options)))]
+    words = [w for w, weight in options]
+    weights = np.array([weight for _, weight in options], float)
+    return words[int(rng.choice(len(words), p=weights / weights.sum()))]
 
 
 def _article(word: str) -> str:
@@ -383,7 +385,7 @@ class LanguageGenerator:
         rng = self.rng
         items = []
         targets = [i for i in range(self.n) if self.visible[i]]
-        for attempt in range(count * 3):
+        for _ in range(count * 3):
             if len(items) >= count - negatives or not targets:
                 break
             target = targets[int(rng.integers(len(targets)))]
