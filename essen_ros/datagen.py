@@ -158,10 +158,10 @@ def generate_dataset(config: GenerationConfig, out, workers: int = 1, overwrite:
     out = Path(out)
     if (out / ANNOTATIONS).exists() and not overwrite:
         raise FileExistsError(f"{out / ANNOTATIONS} exists; use another --out or --overwrite")
+    # Fail with the back-end hint before anything is written or any worker starts.
+    from essen_ros.data.render import check_backend
+    check_backend()
     out.mkdir(parents=True, exist_ok=True)
-    if workers == 1:
-        # Fail fast with the back-end hint before the loop starts.
-        _renderer(config.width, config.height, config.shadows)
 
     from tqdm import tqdm
     counts = {"images": 0, "items": 0, "ground": 0, "vqa": 0, "caption": 0}
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     except (ValueError, FileExistsError) as error:
         print(f"essen-datagen: error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:  # e.g. no OpenGL back-end
+    except RuntimeError as error:  # no OpenGL back-end (RendererUnavailable)
         print(f"essen-datagen: error: {error}", file=sys.stderr)
         return 3
     if args.contact_sheet:

@@ -94,3 +94,15 @@ def test_console_script_reports_its_rate(tmp_path):
     assert "images/s" in proc.stdout
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.width > 128 and sheet.height > 96
+
+
+def test_missing_render_backend_says_what_to_set_and_writes_nothing(tmp_path):
+    import os
+    out = tmp_path / "never"
+    env = {**os.environ, "MUJOCO_GL": "no-such-backend"}
+    proc = subprocess.run([sys.executable, "-m", "essen_ros.datagen", "--out", str(out),
+                           "--images", "2", "--workers", "2", "--no-progress"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 3
+    assert "Set MUJOCO_GL=egl" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -34,7 +34,20 @@ from dataclasses import dataclass
 _MUJOCO_IMPORTED_FIRST = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
+
+
+class RendererUnavailable(RuntimeError):
+    """No OpenGL back-end for MuJoCo; the message says what to set or install."""
+
+
+_BACKEND_HINT = ("Set MUJOCO_GL=egl (needs Mesa's libegl1 and libgl1-mesa-dri) or MUJOCO_GL=osmesa "
+                 "(apt-get install libosmesa6) before starting Python.")
+
+try:
+    import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
+except Exception as _error:  # mujoco fails at import when the chosen GL library is missing
+    raise RendererUnavailable(f"MuJoCo could not load its OpenGL back-end MUJOCO_GL="
+                              f"{os.environ.get('MUJOCO_GL')!r} ({_error!r}). {_BACKEND_HINT}") from _error
 import numpy as np  # noqa: E402
 
 from essen_ros.data.scene import MAX_OBJECTS, Camera, Lighting, Scene  # noqa: E402
@@ -64,10 +77,6 @@ class RenderResult:
     visible_fraction: list     # per object: visible pixels / unoccluded silhouette area
     visible: list              # per object: usable as a target / referent
     camera: Camera
-
-
-class RendererUnavailable(RuntimeError):
-    pass
 
 
 def default_shadow_size(width: int, height: int) -> int:
@@ -139,9 +148,7 @@ class Renderer:
                     f"starting Python, or import essen_ros.data.render first ({error}).") from error
             raise RendererUnavailable(
                 f"MuJoCo could not open an offscreen OpenGL context with MUJOCO_GL="
-                f"{os.environ.get('MUJOCO_GL')!r} ({error}). Set MUJOCO_GL=egl (needs Mesa's "
-                f"libegl1 / libgl1-mesa-dri) or MUJOCO_GL=osmesa (apt-get install libosmesa6) "
-                f"before starting Python.") from error
+                f"{os.environ.get('MUJOCO_GL')!r} ({error}). {_BACKEND_HINT}") from error
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
         self._scene = mujoco.MjvScene(self.model, maxgeom=64)
         self._rect = mujoco.MjrRect(0, 0, self.width, self.height)
@@ -393,3 +400,8 @@ def _convex_hull_area(points: np.ndarray) -> float:
     hull = np.array(half(pts)[:-1] + half(pts[::-1])[:-1])
     x, y = hull[:, 0], hull[:, 1]
     return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def check_backend():
+    """Raise RendererUnavailable now (with what to set) rather than in a worker later."""
+    Renderer(16, 16, shadows=False).close()
