@@ -4,7 +4,8 @@
 package named `launch` is an unrelated tool). Where ROS `launch` is importable the launch
 description is generated for real; otherwise the file is parsed and its declared arguments,
 node parameters and remappings are listed and checked. Either way config/essen.yaml is
-checked against the node's declared parameters, and a real node starts with it."""
+checked against the node's declared parameters (test_node_control.py starts its node from
+this file and reads the values back)."""
 from __future__ import annotations
 
 import ast
@@ -15,7 +16,6 @@ import pytest
 import yaml
 
 from essen_ros.ros.node import PARAMS, PARAMS_BY_NAME
-from node_harness import NodeProcess, node_env, tiny_checkpoint_path
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "essen.launch.py"
@@ -140,16 +140,3 @@ def test_config_mentions_every_node_parameter():
     for spec in PARAMS:
         assert spec.name in values or f"# {spec.name}:" in text, (
             f"config/essen.yaml does not mention {spec.name}")
-
-
-@pytest.mark.ros
-def test_a_node_starts_with_the_shipped_config(ros_env, tmp_path_factory):
-    checkpoint = tiny_checkpoint_path(tmp_path_factory)
-    node = NodeProcess(node_env(ros_env), "--params-file", str(CONFIG),
-                       "-r", "__ns:=/launch_check", "-p", f"checkpoint:={checkpoint}")
-    try:
-        node.wait_started()
-    finally:
-        code, output = node.stop()
-    assert code == 0, output
-    assert "image: /launch_check/image (Image, best_effort, depth 1)" in output

@@ -6,11 +6,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
-from rcl_interfaces.srv import DescribeParameters, ListParameters
+import yaml
+from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
+from rclpy.parameter import parameter_value_to_python
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -25,6 +28,7 @@ from node_harness import (NodeProcess, OfflineReference, RosClient, assert_same_
 pytestmark = pytest.mark.ros
 
 NODE = "/ctl/essen_node"
+CONFIG = Path(__file__).resolve().parent.parent / "config" / "essen.yaml"
 _stamps = itertools.count(1_750_000_000_000_000_000, 100_000_000)  # 100 ms apart
 
 
@@ -40,7 +44,8 @@ def reference(checkpoint):
 
 @pytest.fixture(scope="module")
 def node(ros_env, checkpoint):
-    process = NodeProcess(node_env(ros_env), "-r", "__ns:=/ctl",
+    # Started from the shipped parameter file, as the launch file does, plus overrides.
+    process = NodeProcess(node_env(ros_env), "--params-file", str(CONFIG), "-r", "__ns:=/ctl",
                           "-p", f"checkpoint:={checkpoint}", "-p", "image_reliability:=reliable")
     try:
         process.wait_started()
@@ -112,6 +117,16 @@ def test_every_parameter_is_declared_with_a_description_range_and_read_only_flag
     read_only = {d.name for d in descriptors if d.read_only}
     assert {"checkpoint", "device", "image_transport", "image_reliability"} <= read_only
     assert {"score_threshold", "max_rate", "once", "encoding_override"}.isdisjoint(read_only)
+
+
+def test_the_shipped_config_file_is_accepted_and_in_force(ctl):
+    shipped = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
+    overridden = {"checkpoint", "image_reliability"}
+    names = [name for name in shipped if name not in overridden]
+    values = ctl["client"].call(GetParameters, f"{NODE}/get_parameters",
+                                GetParameters.Request(names=names)).values
+    assert {n: parameter_value_to_python(v) for n, v in zip(names, values)} == {
+        n: shipped[n] for n in names}
 
 
 def test_command_change_mid_stream_switches_results_and_encodes_text_once(ctl, node):

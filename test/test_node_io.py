@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import threading
 import time
 
 import numpy as np
@@ -260,3 +262,41 @@ def test_incompatible_qos_is_logged(io, nodes):
         nodes["raw"].wait_for_output(r"incompatible QoS on 'image'.*RELIABILITY", 15)
     finally:
         io["client"].node.destroy_publisher(publisher)
+
+
+def test_sigint_and_sigterm_shut_down_cleanly_mid_stream(io, nodes):
+    """Last test of the module: stops both nodes while frames stream in and the worker is
+    busy, then signals again. Exit code 0, worker joined, no traceback, within seconds."""
+    stop = threading.Event()
+    raw_frame = make_image_msg(sample_image(320, 240), "rgb8", frame_id="final")
+    compressed_frame = CompressedImage(format="png", data=compress(sample_image(320, 240), "PNG"))
+    compressed_frame.header.frame_id = "final"
+
+    def stream():
+        while not stop.is_set():
+            io["image"].publish(raw_frame)
+            io["compressed"].publish(compressed_frame)
+            time.sleep(1 / 30)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    try:
+        for results in ("grounding", "grounding_cmp"):
+            io[results].wait_count(lambda m: m.header.frame_id == "final", 3)  # busy now
+        signals = {"raw": signal.SIGINT, "compressed": signal.SIGTERM}
+        started = time.monotonic()
+        for name, signum in signals.items():
+            nodes[name].process.send_signal(signum)
+        time.sleep(0.3)
+        for name, signum in signals.items():  # impatient user: a second Ctrl-C / SIGTERM
+            if nodes[name].alive():
+                nodes[name].process.send_signal(signum)
+        for name, signum in signals.items():
+            code, output = nodes[name].stop(signum, timeout=20)
+            assert code == 0, f"{signum.name}: exit {code}\n{output}"
+            assert "shutting down" in output
+            assert "Traceback" not in output, output
+        assert time.monotonic() - started < 15
+    finally:
+        stop.set()
+        streamer.join()

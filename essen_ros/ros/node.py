@@ -312,6 +312,17 @@ class EssenNode(Node):
         if not (path / "config.yaml").is_file():
             raise StartupError(f"checkpoint {path} is not a checkpoint folder: "
                                "config.yaml missing")
+        # The config check needs no torch: a wrong folder fails in a second, not after the
+        # model libraries have loaded.
+        import yaml
+
+        from essen_ros.model.config import ConfigError, model_config_from_dict
+
+        try:
+            model_config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
+        except (yaml.YAMLError, ConfigError, TypeError, AttributeError, ValueError) as error:
+            raise StartupError(f"cannot load checkpoint {path}: bad config.yaml: "
+                               f"{error}") from None
         return path
 
     def _load_predictor(self):
@@ -776,6 +787,12 @@ def main(argv: list[str] | None = None) -> int:
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
+        # Everything is released; what remains is the interpreter's teardown (a second or
+        # more with torch loaded). A repeated Ctrl-C or a supervisor's follow-up SIGTERM
+        # must not turn this clean exit into a traceback or a kill. (Python restores the
+        # default action for signals with Python handlers at exit, but keeps SIG_IGN.)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
     return exit_code
 
 
