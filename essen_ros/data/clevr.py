@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from essen_ros.data.scene import (CLEVR_FOCAL_AT_480, Camera, Lighting, Scene, SceneObject,
-                                  clevr_camera, relations)
+                                  clevr_camera, relations, surface_points)
 from essen_ros.data.vocab import ATTRIBUTES
 
 CLEVR_NOMINAL_POSITION = (7.358891, -6.925791, 4.958309)
@@ -131,7 +131,6 @@ def clevr_scene_objects(scene: dict) -> list:
 
 def convert_scene(scene: dict, width=480, height=320, renderer=None):
     """One CLEVR scene dict -> (Scene, boxes, centers, visible, relations, fit rms)."""
-    from essen_ros.data.render import surface_points
     objects = clevr_scene_objects(scene)
     if not objects:
         raise ValueError("scene without objects")

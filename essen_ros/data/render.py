@@ -50,7 +50,8 @@ except Exception as _error:  # mujoco fails at import when the chosen GL library
                               f"{os.environ.get('MUJOCO_GL')!r} ({_error!r}). {_BACKEND_HINT}") from _error
 import numpy as np  # noqa: E402
 
-from essen_ros.data.scene import MAX_OBJECTS, Camera, Lighting, Scene  # noqa: E402
+from essen_ros.data.scene import (MAX_OBJECTS, Camera, Lighting, Scene,  # noqa: E402,F401
+                                  _convex_hull_area, silhouette_area, surface_points)
 from essen_ros.data.vocab import SHAPES, SIZE_RADIUS  # noqa: E402
 
 MIN_VISIBLE_FRACTION = 0.3   # below this share of its unoccluded silhouette, an object is "hidden"
@@ -346,60 +347,6 @@ class Renderer:
 def _clevr_rgb(color: str):
     from essen_ros.data.vocab import CLEVR_RGB
     return tuple(c / 255.0 for c in CLEVR_RGB[color])
-
-
-def _unit_sphere_points(count: int = 64) -> np.ndarray:
-    i = np.arange(count) + 0.5
-    phi = np.arccos(1 - 2 * i / count)
-    theta = math.pi * (1 + 5 ** 0.5) * i
-    return np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], 1)
-
-
-_SPHERE = _unit_sphere_points()
-_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * math.pi, 32, endpoint=False)),
-                    np.sin(np.linspace(0, 2 * math.pi, 32, endpoint=False))], 1)
-_CYLINDER = np.concatenate([np.c_[_CIRCLE, np.full(32, z)] for z in (-1.0, 1.0)])
-_CUBE = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
-
-
-def surface_points(obj) -> np.ndarray:
-    """Points on the object's outline in world coordinates; all shapes are convex, so the
-    convex hull of their projection is the unoccluded silhouette."""
-    r = SIZE_RADIUS[obj.size]
-    if obj.shape == "sphere":
-        local = _SPHERE * r
-    elif obj.shape == "cylinder":
-        local = _CYLINDER * r
-    else:
-        local = _CUBE * (r / math.sqrt(2.0))
-    a = math.radians(obj.rotation)
-    rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    return local @ rot.T + np.asarray(obj.position, float)
-
-
-def silhouette_area(obj, camera: Camera, width: int, height: int) -> float:
-    """Pixel area the object would cover with nothing in front of it (inside or outside the
-    frame: an object cut by the image border counts as partly hidden)."""
-    return _convex_hull_area(camera.project(surface_points(obj), width, height))
-
-
-def _convex_hull_area(points: np.ndarray) -> float:
-    pts = sorted(map(tuple, np.round(points, 4)))
-    if len(pts) < 3:
-        return 0.0
-
-    def half(seq):
-        hull = []
-        for p in seq:
-            while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
-                                      - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])) <= 0:
-                hull.pop()
-            hull.append(p)
-        return hull
-
-    hull = np.array(half(pts)[:-1] + half(pts[::-1])[:-1])
-    x, y = hull[:, 0], hull[:, 1]
-    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
 def check_backend():
