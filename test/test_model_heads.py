@@ -103,11 +103,11 @@ def test_default_model_stays_under_25M_parameters():
     assert model.config.input_size == [320, 240]
 
 
-def test_default_model_grid_is_20_by_15():
+def test_default_model_grid_is_10_by_8():
     model = build_model("default", pretrained=False).eval()
     with torch.no_grad():
         _, grid = model.encode_image(torch.zeros(1, 3, 240, 320))
-    assert grid == (15, 20)
+    assert grid == (8, 10)
 
 
 def test_one_tower_baseline_is_parameter_matched_to_the_default():
@@ -156,3 +156,16 @@ def test_missing_config_file_is_named(tmp_path):
 def test_shipped_model_configs_are_valid():
     for name in ("default", "tiny", "onetower", "merged"):
         load_model_config(name)
+
+
+def test_cells_follow_the_cnn_stride_when_the_input_is_not_a_multiple():
+    """240 px at stride 32 gives 8 rows of 32 px (the last one partly padding), not 30 px rows."""
+    from essen_ros.model.heads import target_cells
+
+    model = build_model(tiny(input_size=[96, 72]), pretrained=False).eval()  # tiny: stride 8 -> 9 rows
+    with torch.no_grad():
+        _, grid = model.encode_image(torch.zeros(1, 3, 72, 96))
+    assert tuple(grid) == (9, 12) and grid.cell_h == pytest.approx(8 / 72) and grid.cell_w == pytest.approx(8 / 96)
+    # A box centred at pixel (20, 60) lies in column 20 // 8 = 2, row 60 // 8 = 7.
+    box = torch.tensor([[18 / 96, 58 / 72, 22 / 96, 62 / 72]])
+    assert int(target_cells(box, grid)) == 7 * 12 + 2

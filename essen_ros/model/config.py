@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 class ImageConfig:
     backbone: str = "mobilenet_v2"      # torchvision family; only mobilenet_v2 is wired up
     width_mult: float = 1.0             # 1.0 matches the shipped ImageNet weights
-    cut: int = 14                       # keep features[:cut]; 14 -> 96 channels at stride 16
+    cut: int = 17                       # keep features[:cut]; 17 -> 160 ch at stride 32, 14 -> 96 ch at 16
     pretrained: bool = True             # load ImageNet weights when the package is installed
     freeze_blocks: int = 0              # first k feature blocks frozen (BN in eval) to train faster
 

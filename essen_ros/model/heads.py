@@ -16,6 +16,25 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss
 
 
+class Grid(tuple):
+    """(h, w) of the image token grid, plus each cell's size as a fraction of the input
+    (stride / input size). Strided convolutions round up (240 px / 32 -> 8 rows), so the
+    cell size is not simply 1/h."""
+
+    def __new__(cls, h: int, w: int, cell_w: float | None = None, cell_h: float | None = None):
+        grid = super().__new__(cls, (int(h), int(w)))
+        grid.cell_w = 1.0 / w if cell_w is None else float(cell_w)
+        grid.cell_h = 1.0 / h if cell_h is None else float(cell_h)
+        return grid
+
+    def __reduce__(self):
+        return (Grid, (self[0], self[1], self.cell_w, self.cell_h))
+
+
+def as_grid(grid) -> Grid:
+    return grid if isinstance(grid, Grid) else Grid(*grid)
+
+
 def mlp(width_in: int, hidden: int, width_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width_in, hidden), nn.LayerNorm(hidden), nn.GELU(),
                          nn.Dropout(dropout), nn.Linear(hidden, width_out))
@@ -52,10 +71,11 @@ class GroundingHead(nn.Module):
     def forward(self, image_tokens, pooled, grid):
         """-> cell_logits (B, h*w), boxes (B, h*w, 4) normalised xyxy, found_logit (B,)."""
         out = self.cells(image_tokens[:, 1:])
+        grid = as_grid(grid)
         h, w = grid
         ys, xs = torch.meshgrid(torch.arange(h, device=out.device, dtype=out.dtype),
                                 torch.arange(w, device=out.device, dtype=out.dtype), indexing="ij")
-        cx, cy = ((xs + 0.5) / w).reshape(-1), ((ys + 0.5) / h).reshape(-1)
+        cx, cy = ((xs + 0.5) * grid.cell_w).reshape(-1), ((ys + 0.5) * grid.cell_h).reshape(-1)
         dist = F.softplus(out[..., 1:])
         boxes = torch.stack([cx - dist[..., 0], cy - dist[..., 1], cx + dist[..., 2], cy + dist[..., 3]], dim=-1)
         return out[..., 0], boxes, self.found(pooled).squeeze(-1)
@@ -75,10 +95,13 @@ class Heads(nn.Module):
 
 def target_cells(boxes_norm: torch.Tensor, grid) -> torch.Tensor:
     """Index of the cell holding each (normalised xyxy) box centre."""
+    grid = as_grid(grid)
     h, w = grid
     cx = ((boxes_norm[:, 0] + boxes_norm[:, 2]) / 2).clamp(0, 1 - 1e-6)
     cy = ((boxes_norm[:, 1] + boxes_norm[:, 3]) / 2).clamp(0, 1 - 1e-6)
-    return (cy * h).long() * w + (cx * w).long()
+    col = (cx / grid.cell_w).long().clamp(0, w - 1)
+    row = (cy / grid.cell_h).long().clamp(0, h - 1)
+    return row * w + col
 
 
 def grounding_loss(cell_logits, boxes, found_logit, target_box, found, grid, box_weight: float = 2.0):

@@ -12,7 +12,7 @@ import torch.nn as nn
 from essen_ros.model.config import ModelConfig
 from essen_ros.model.essen import VisionLanguageModel
 from essen_ros.model.fusion import MergedAttentionFusion
-from essen_ros.model.heads import Heads
+from essen_ros.model.heads import Grid, Heads
 from essen_ros.model.towers import sinusoid_2d
 
 
@@ -31,7 +31,8 @@ class PatchEmbedding(nn.Module):
         cells = fmap.flatten(2).transpose(1, 2) + sinusoid_2d(h, w, c).to(fmap.device)
         cls = fmap.mean(dim=(2, 3)) + self.cls_embedding
         tokens = torch.cat([cls[:, None], cells], dim=1) + self.modality
-        return self.dropout(self.norm(tokens)), (h, w)
+        stride = self.conv.stride[0]
+        return self.dropout(self.norm(tokens)), Grid(h, w, stride / pixels.shape[-1], stride / pixels.shape[-2])
 
 
 class WordEmbedding(nn.Module):

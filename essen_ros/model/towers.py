@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from essen_ros.model.config import ModelConfig
+from essen_ros.model.heads import Grid
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class ImageTower(nn.Module):
             for p in block.parameters():
                 p.requires_grad_(False)
         channels = _out_channels(self.features)
+        self.stride = _total_stride(self.features)
         width = config.width
         self.proj = nn.Linear(channels, width)
         self.cls_embedding = nn.Parameter(torch.zeros(width))
@@ -136,7 +138,16 @@ class ImageTower(nn.Module):
         cells = self.proj(fmap.flatten(2).transpose(1, 2)) + self.position(h, w, fmap.device)
         cls = self.proj(fmap.mean(dim=(2, 3))) + self.cls_embedding
         tokens = torch.cat([cls[:, None], cells], dim=1) + self.modality
-        return self.dropout(self.norm(tokens)), (h, w)
+        grid = Grid(h, w, self.stride / pixels.shape[-1], self.stride / pixels.shape[-2])
+        return self.dropout(self.norm(tokens)), grid
+
+
+def _total_stride(features: nn.Module) -> int:
+    stride = 1
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):
+            stride *= module.stride[0]
+    return stride
 
 
 def _out_channels(features: nn.Sequential) -> int:
