@@ -15,7 +15,7 @@ VENV = Path(sys.prefix)
 
 def test_ament_install_has_interfaces_python_sources_launch_config_and_ros2_run_scripts(tmp_path):
     src = tmp_path / "src" / "essen_ros"
-    for name in ("msg", "srv", "essen_ros", "launch", "config", "scripts"):
+    for name in ("msg", "srv", "essen_ros", "launch", "config", "scripts", "sim"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("CMakeLists.txt", "package.xml"):
         shutil.copy(REPO / name, src / name)
@@ -32,7 +32,8 @@ def test_ament_install_has_interfaces_python_sources_launch_config_and_ros2_run_
     share = prefix / "share" / "essen_ros"
     assert (share / "launch" / "essen.launch.py").is_file()
     assert (share / "config" / "essen.yaml").is_file() and (share / "config" / "fastdds.xml").is_file()
-    for script in ("essen_node", "essen_sim", "essen_eval"):
+    assert (share / "launch" / "sim.launch.py").is_file() and (share / "sim" / "essen_world.sdf").is_file()
+    for script in ("essen_node", "essen_sim", "essen_eval", "essen_scorer"):
         assert os.access(prefix / "lib" / "essen_ros" / script, os.X_OK)
     site = next(prefix.glob("lib/python3*/site-packages"))
     assert (site / "essen_ros" / "model").is_dir() and (site / "essen_ros" / "msg").is_dir()
