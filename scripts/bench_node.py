@@ -160,10 +160,13 @@ def run(args, node, node_log, started) -> int:
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             results.append((now, stamp, msg.inference_ms))
 
+    fresh_diagnostics = threading.Event()
+
     def on_diagnostics(msg):
         for status in msg.status:
             if status.name.startswith("/bench/essen_node"):
                 diagnostics.update({kv.key: kv.value for kv in status.values})
+                fresh_diagnostics.set()
 
     bench.create_subscription(Grounding, "/bench/grounding", on_grounding,
                               QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
@@ -211,7 +214,10 @@ def run(args, node, node_log, started) -> int:
     print(f"warm-up {args.warmup:.0f} s, then measuring {args.duration:.0f} s at "
           f"{args.rate:.0f} Hz, {args.width}x{args.height} rgb8 ...", flush=True)
     time.sleep(args.warmup)
-    time.sleep(1.2)  # one diagnostics period, so the counters below are post-warm-up
+    # Start measuring the moment a diagnostics message arrives, so its counters are the
+    # node's counters at the start of the window.
+    fresh_diagnostics.clear()
+    fresh_diagnostics.wait(timeout=3)
     before = dict(diagnostics)
     measuring.set()
     begin = time.monotonic()
@@ -221,7 +227,9 @@ def run(args, node, node_log, started) -> int:
     measuring.clear()
     stop.set()
     camera_thread.join()
-    time.sleep(1.5)  # last results and one more diagnostics message
+    time.sleep(0.5)  # last results
+    fresh_diagnostics.clear()
+    fresh_diagnostics.wait(timeout=3)
     after = dict(diagnostics)
     executor.shutdown()
     bench.destroy_node()
@@ -248,6 +256,13 @@ def summarise(args, results, published, before, after, rss_series) -> dict:
         except (KeyError, ValueError):
             return None
 
+    def value(key):
+        try:
+            return float(after[key])
+        except (KeyError, ValueError):
+            return float("nan")
+
+    wait, in_node = value("queue_wait_ms_mean"), value("node_overhead_ms_mean")
     rss_mib = [kib / 1024 for _, kib in rss_series]
     window = max(1, min(10, len(rss_mib) // 4))
     early, late = statistics.mean(rss_mib[:window]), statistics.mean(rss_mib[-window:])
@@ -261,6 +276,12 @@ def summarise(args, results, published, before, after, rss_series) -> dict:
         "latency_ms_p50": percentile(latency, 50), "latency_ms_p95": percentile(latency, 95),
         "inference_ms_p50": percentile(inference, 50), "inference_ms_p95": percentile(inference, 95),
         "overhead_ms_p50": percentile(overhead, 50), "overhead_ms_p95": percentile(overhead, 95),
+        # Decomposition of the mean overhead (node's diagnostics: means of its last 100 frames)
+        "overhead_ms_mean": statistics.mean(overhead) if overhead else float("nan"),
+        "wait_for_busy_worker_ms_mean": wait,
+        "node_work_beyond_model_ms_mean": in_node,
+        "transport_and_executor_ms_mean": (statistics.mean(overhead) - wait - in_node
+                                           if overhead else float("nan")),
         "rss_mib_peak": max(rss_mib) if rss_mib else None,
         "rss_mib_first_window": early, "rss_mib_last_window": late,
         "rss_growth_percent": 100.0 * (late - early) / early if early else None,
@@ -280,6 +301,10 @@ def print_report(r: dict) -> None:
           f"p95 {r['inference_ms_p95']:.1f} ms")
     print(f"node overhead beyond the model:       p50 {r['overhead_ms_p50']:.1f} ms, "
           f"p95 {r['overhead_ms_p95']:.1f} ms")
+    print(f"  mean {r['overhead_ms_mean']:.1f} ms = waiting for the busy worker "
+          f"{r['wait_for_busy_worker_ms_mean']:.1f} + node work beyond the model (conversion, "
+          f"messages) {r['node_work_beyond_model_ms_mean']:.1f} + DDS both ways and executor "
+          f"{r['transport_and_executor_ms_mean']:.1f}")
     print(f"node RSS: peak {r['rss_mib_peak']:.1f} MiB; first/last window "
           f"{r['rss_mib_first_window']:.1f}/{r['rss_mib_last_window']:.1f} MiB "
           f"(growth {r['rss_growth_percent']:+.2f} %); every 10 s: {r['rss_mib_every_10s']}")

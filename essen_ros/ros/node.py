@@ -158,7 +158,7 @@ class LiveSettings:
 class Frame:
     msg: object           # sensor_msgs/Image or CompressedImage
     compressed: bool
-    received_ns: int      # node clock at receipt
+    received: float       # time.perf_counter() at receipt (for the node's own timing)
 
 
 class LatestFrameSlot:
@@ -228,6 +228,10 @@ class Stats:
     last_error: str = ""
     last_frame_ns: int | None = None
     inference_ms: deque = field(default_factory=lambda: deque(maxlen=100))
+    # Receipt -> worker start (waiting while the previous frame is inferred), and the
+    # worker's time beyond the model (conversion, messages, publishing).
+    wait_ms: deque = field(default_factory=lambda: deque(maxlen=100))
+    overhead_ms: deque = field(default_factory=lambda: deque(maxlen=100))
     input_age_ms: deque = field(default_factory=lambda: deque(maxlen=100))
 
 
@@ -479,7 +483,7 @@ class EssenNode(Node):
                 self.stats.rate_skipped += 1
                 return
             self._last_accepted_ns = stamp
-        self._slot.put(Frame(msg, compressed, now_ns))
+        self._slot.put(Frame(msg, compressed, time.perf_counter()))
 
     def _on_prompt(self, kind: str, raw_text: str) -> None:
         text, cut = normalise_text(raw_text)
@@ -515,6 +519,7 @@ class EssenNode(Node):
         return self.live.publish_debug_image and self._debug_pub.get_subscription_count() > 0
 
     def _process(self, frame: Frame) -> None:
+        taken = time.perf_counter()
         with self._prompt_lock:
             active = {k: p for k, p in self._prompts.items() if p is not None}
         want_debug = self._debug_wanted()
@@ -552,8 +557,12 @@ class EssenNode(Node):
                 publisher.publish(result)
         if grounding is not None or answer is not None:
             self.stats.processed += 1
-            model_ms = max(r.inference_ms for r in (grounding, answer) if r is not None)
+            # Both results share one image encoding: model time = image + both heads.
+            model_ms = image_ms + sum(r.inference_ms - image_ms
+                                      for r in (grounding, answer) if r is not None)
             self.stats.inference_ms.append(model_ms)
+            self.stats.wait_ms.append((taken - frame.received) * 1000.0)
+            self.stats.overhead_ms.append((time.perf_counter() - taken) * 1000.0 - model_ms)
             stamp_ns = _stamp_ns(header.stamp)
             if stamp_ns:
                 age_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
@@ -716,6 +725,8 @@ class EssenNode(Node):
             "device": self.get_parameter("device").value,
             "inference_ms_mean": mean(stats.inference_ms),
             "inference_ms_max": f"{max(stats.inference_ms):.2f}" if stats.inference_ms else "nan",
+            "queue_wait_ms_mean": mean(stats.wait_ms),
+            "node_overhead_ms_mean": mean(stats.overhead_ms),
             "input_age_ms_mean": mean(stats.input_age_ms),
             "input_age_ms_last": f"{stats.input_age_ms[-1]:.2f}" if stats.input_age_ms else "nan",
             "seconds_since_last_frame": f"{since_frame_s:.2f}",
