@@ -428,6 +428,8 @@ def evaluate(model, items: list[dict], max_items: int, device) -> dict:
         with Image.open(path) as im:
             img = predictor.encode_image(np.asarray(im.convert("RGB")))
         for it in group:
+            if not str(it.get("text") or "").strip():
+                continue
             text = predictor.encode_text(it["text"])
             if it["task"] == "ground":
                 g = predictor.ground(img, text)
@@ -882,6 +884,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data workers are forked
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config, model_config = load_train_config(args.config)

@@ -73,23 +73,6 @@ def _train_cmd(data, out, *extra):
             "--out", str(out), *extra]
 
 
-def test_tiny_run_writes_checkpoint_logs_and_plot(toy, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(_train_cmd(toy, out, "--val", str(toy)), env=_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    model = load_model(out / "model")
-    assert model.config == load_model_config(REPO / "config" / "model_tiny.yaml")
-    rows = (out / "log.csv").read_text().splitlines()
-    assert rows[0].startswith("stage,step,global_step") and len(rows) == 1 + 6  # log_every 1, 3 + 3 steps
-    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 6 and metrics["completed"]
-    assert {"ground_acc_iou50", "found_acc", "vqa_acc"} <= set(metrics["validation"])
-    assert (out / "last" / "optimizer.safetensors").is_file()
-    assert "samples_s" in proc.stderr  # the progress bar shows throughput
-
-
 def _fixed_batch(model, stage):
     config = model.config
     items = T.read_items(make_toy_manifest_cached())
@@ -164,32 +147,41 @@ def test_same_seed_gives_identical_weights(toy, tmp_path):
     assert not torch.equal(a.heads.itm[0].weight, c.heads.itm[0].weight)
 
 
-def test_ctrl_c_keeps_a_good_checkpoint_and_resume_finishes(toy, tmp_path):
+def test_ctrl_c_keeps_a_good_checkpoint_and_resume_finishes_the_run(toy, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(toy, out, "--steps", "100000"), env=_env(), cwd=REPO,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    # Wait until training is under way (the progress bar has moved), then interrupt.
+    # Wait until training is under way (the progress bar shows throughput), then interrupt.
     seen = ""
     deadline = time.monotonic() + 120
-    while "samples_s" not in seen and time.monotonic() < deadline:
+    while "samples_s" not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += proc.stderr.read(1)
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, (seen + rest)[-2000:]
     assert "--resume" in rest
     state = json.loads((out / "last" / "train_state.json").read_text())
-    assert state["stage_step"] >= 1
+    assert state["stage_index"] == 0 and state["stage_step"] >= 1
     load_model(out / "last")  # intact
     assert not (out / "model").exists()  # an interrupted run ships nothing
     stopped_at = state["global_step"]
 
-    proc = subprocess.run(_train_cmd(toy, out, "--resume", "--steps", str(state["stage_step"] + 2)), env=_env(),
-                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    # Resume: pretraining continues 2 more steps, then the whole finetune stage runs.
+    budget = state["stage_step"] + 2
+    proc = subprocess.run(_train_cmd(toy, out, "--resume", "--steps", str(budget), "--val", str(toy)),
+                          env=_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "samples_s" in proc.stderr  # the progress bar shows loss and throughput
     metrics = json.loads((out / "metrics.json").read_text())
-    # Pretraining continued 2 steps from where it stopped, then the whole finetune stage ran.
-    assert metrics["steps"] == stopped_at + 2 + state["stage_step"] + 2
-    load_model(out / "model")
+    assert metrics["steps"] == stopped_at + 2 + budget and metrics["completed"]
+    assert {"ground_acc_iou50", "found_acc", "vqa_acc"} <= set(metrics["validation"])
+    model = load_model(out / "model")
+    assert model.config == load_model_config(REPO / "config" / "model_tiny.yaml")
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("stage,step,global_step")
+    assert [int(r.split(",")[2]) for r in rows[1:]] == list(range(1, metrics["steps"] + 1))  # log_every 1
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "last" / "optimizer.safetensors").is_file()
 
 
 def test_existing_run_is_not_overwritten_without_resume(toy, tmp_path):
