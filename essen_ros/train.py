@@ -179,9 +179,12 @@ def stage_uses(stage: StageConfig) -> set[str]:
     return uses
 
 
-def group_by_image(items: list[dict], uses: set[str]) -> list[tuple[str, list[dict]]]:
+def group_by_image(items: list[dict], uses: set[str], answers=None) -> list[tuple[str, list[dict]]]:
     """(image path, its usable items). Sets without captions use found/not-found
-    referring expressions as matching/mismatching captions for ITM/MLM."""
+    referring expressions as matching/mismatching captions for ITM/MLM. VQA items whose
+    answer is outside the model's vocabulary are left out (and counted in the log)."""
+    known = set(answers) if answers is not None else None
+    unknown_answers = 0
     has_captions = any(it["task"] == "caption" for it in items)
     groups: dict[str, list[dict]] = {}
     for item in items:
@@ -192,9 +195,12 @@ def group_by_image(items: list[dict], uses: set[str]) -> list[tuple[str, list[di
             item = dict(item, task="caption", match=item.get("found") is not False, as_caption=True)
         elif task not in uses or task == "caption":
             continue
-        if task == "vqa" and item.get("answer") is None:
+        if task == "vqa" and (item.get("answer") is None or (known is not None and item["answer"] not in known)):
+            unknown_answers += 1
             continue
         groups.setdefault(item["image"], []).append(item)
+    if unknown_answers:
+        log.warning("%d VQA items left out: answer missing or not in the model's answer list", unknown_answers)
     return sorted(groups.items())
 
 
@@ -734,7 +740,7 @@ def train(config: TrainConfig, model_config: ModelConfig, data: Path, out: Path,
         for stage_index in range(progress["stage_index"], len(config.stages)):
             stage = config.stages[stage_index]
             weights = {k: float(v) for k, v in stage.tasks.items()}
-            groups = group_by_image(items, stage_uses(stage))
+            groups = group_by_image(items, stage_uses(stage), model_config.answers)
             if not groups:
                 raise SystemExit(f"essen-train: stage {stage.name!r} needs {sorted(stage_uses(stage))} "
                                  f"items and {data} has none")

@@ -238,3 +238,14 @@ def test_torchrun_two_cpu_processes(toy, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 4
     load_model(out / "model")
+
+
+def test_vqa_answers_outside_the_vocabulary_are_left_out(tmp_path):
+    folder = make_toy_manifest(tmp_path / "data", n_images=2)
+    with open(folder / "annotations.jsonl", "a") as f:
+        f.write(json.dumps({"image": "images/000.png", "task": "vqa", "variant": "template",
+                            "text": "what is it?", "answer": "banana"}) + "\n")
+    items = T.read_items(folder)
+    groups = T.group_by_image(items, {"vqa"}, load_model_config("tiny").answers)
+    answers = [it["answer"] for _, group in groups for it in group]
+    assert "banana" not in answers and set(answers) == {"yes", "no"}
