@@ -127,7 +127,7 @@ def load_train_config(path: "str | Path") -> tuple[TrainConfig, ModelConfig]:
 # ======================================================================= data
 def read_items(folder: "str | Path") -> list[dict]:
     """Manifest items as plain dicts with absolute image paths."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # image paths below become absolute, whatever the cwd
     jsonl = folder if folder.suffix == ".jsonl" else folder / "annotations.jsonl"
     if not jsonl.is_file():
         raise FileNotFoundError(f"no manifest at {jsonl}")
