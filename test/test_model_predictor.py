@@ -61,7 +61,8 @@ def test_encode_image_uses_the_shared_preprocessing(predictor, image):
     img = predictor.encode_image(image)
     with torch.inference_mode():
         tokens, grid = predictor.model.encode_image(tensor[None])
-    assert torch.equal(tokens, img.tokens) and grid == img.grid and lb == img.letterbox
+    # The Predictor's CNN has BatchNorm folded in: equal up to float rounding.
+    assert torch.allclose(tokens, img.tokens, atol=1e-4) and grid == img.grid and lb == img.letterbox
 
 
 def test_long_text_is_truncated_and_flagged(predictor):
@@ -92,3 +93,23 @@ def test_inference_keeps_no_autograd_state(predictor, image):
     text = predictor.encode_text("a cube")
     assert not img.tokens.requires_grad and not text.tokens.requires_grad
     assert not predictor.model.training
+
+
+def test_folded_batchnorm_cnn_matches_the_trained_one():
+    from essen_ros.model.essen import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", pretrained=False)
+    # Non-trivial BatchNorm statistics, as after training.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    pixels = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        plain, _ = model.encode_image(pixels)
+        folded, _ = model.image_tower(pixels, features=model.image_tower.fused_features())
+    assert torch.allclose(plain, folded, atol=1e-4)
+    assert "image_tower.features.1.conv.0.1.running_mean" in model.state_dict()  # model untouched

@@ -72,6 +72,9 @@ class Predictor:
         self.max_candidates = max_candidates
         self.nms_iou = nms_iou
         self._lock = threading.Lock()  # one forward at a time; the model is not re-entrant-safe
+        # BatchNorm folded into the convolutions: same outputs, much faster CNN on CPU.
+        image_tower = getattr(self.model, "image_tower", None)
+        self._cnn = image_tower.fused_features().to(self.device) if image_tower is not None else None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -98,7 +101,11 @@ class Predictor:
         start = time.perf_counter()
         pixels, letterbox = preprocess(image_rgb, self.config.input_size)
         with self._lock, torch.inference_mode():
-            tokens, grid = self.model.encode_image(pixels[None].to(self.device))
+            pixels = pixels[None].to(self.device)
+            if self._cnn is not None:
+                tokens, grid = self.model.image_tower(pixels, features=self._cnn)
+            else:
+                tokens, grid = self.model.encode_image(pixels)
         return ImageCache(tokens, grid, letterbox, ms=(time.perf_counter() - start) * 1000)
 
     def _fuse(self, img: ImageCache, text: TextCache) -> dict:
