@@ -169,3 +169,16 @@ def test_cells_follow_the_cnn_stride_when_the_input_is_not_a_multiple():
     # A box centred at pixel (20, 60) lies in column 20 // 8 = 2, row 60 // 8 = 7.
     box = torch.tensor([[18 / 96, 58 / 72, 22 / 96, 62 / 72]])
     assert int(target_cells(box, grid)) == 7 * 12 + 2
+
+
+def test_frozen_blocks_get_no_gradient_and_keep_their_batchnorm_statistics():
+    model = build_model(tiny(image={"freeze_blocks": 2}), pretrained=False).train()
+    frozen, trained = model.image_tower.features[:2], model.image_tower.features[2:]
+    assert all(not m.training for block in frozen for m in block.modules())
+    before = [b.clone() for b in frozen.buffers()]
+    pixels, ids, mask, image_index = _batch(model)
+    out = model(pixels, ids, mask, image_index)
+    out["pooled"].sum().backward()
+    assert all(p.grad is None for p in frozen.parameters())
+    assert any(p.grad is not None for p in trained.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen.buffers()))
