@@ -774,10 +774,11 @@ def train(config: TrainConfig, model_config: ModelConfig, data: Path, out: Path,
                 for batch in loader:
                     batch = to_device(batch, device)
                     elapsed_stage = time.monotonic() - stage_start
-                    if total_steps:
-                        frac = progress["stage_step"] / total_steps
-                    else:
-                        frac = elapsed_stage / (60.0 * stage.max_minutes)
+                    # The schedule follows whichever budget is nearer its end, so a time-boxed
+                    # stage still warms up and decays fully (steps only: deterministic).
+                    frac = progress["stage_step"] / total_steps if total_steps else 0.0
+                    if stage.max_minutes > 0:
+                        frac = max(frac, elapsed_stage / (60.0 * stage.max_minutes))
                     factor = lr_factor(frac, stage)
                     for group in optimizer.param_groups:
                         group["lr"] = group["base_lr"] * factor
