@@ -211,9 +211,10 @@ class Augmenter:
         self.config = config
 
     def __call__(self, image: np.ndarray, items: list[dict], rng: random.Random):
+        """-> (image, dx, dy): the new image and the shift to add to every box."""
         c = self.config
         if not c.enabled:
-            return image, 0.0, 0.0, 1.0
+            return image, 0.0, 0.0
         img = image.astype(np.float32)
         if c.color > 0:
             img = img * rng.uniform(1 - c.color, 1 + c.color)                      # brightness
@@ -245,7 +246,7 @@ class Augmenter:
                         x0, y0 = rng.randint(lo_x, hi_x), rng.randint(lo_y, hi_y)
                         img = img[y0:y0 + ch, x0:x0 + cw]
                         dx, dy = float(-x0), float(-y0)
-        return np.ascontiguousarray(img), dx, dy, 1.0
+        return np.ascontiguousarray(img), dx, dy
 
 
 def _item_boxes(item: dict) -> list[list[float]]:
@@ -282,7 +283,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
             image = np.asarray(im.convert("RGB"))
         dx, dy = 0.0, 0.0
         if self.augment is not None:
-            image, dx, dy, _ = self.augment(image, items, rng)
+            image, dx, dy = self.augment(image, items, rng)
         pixels, letterbox = preprocess(image, self.input_size)
         in_w, in_h = self.input_size
         records = []

@@ -249,3 +249,19 @@ def test_vqa_answers_outside_the_vocabulary_are_left_out(tmp_path):
     groups = T.group_by_image(items, {"vqa"}, load_model_config("tiny").answers)
     answers = [it["answer"] for _, group in groups for it in group]
     assert "banana" not in answers and set(answers) == {"yes", "no"}
+
+
+@pytest.mark.parametrize("zoom", ["in", "out"])
+def test_scale_jitter_moves_boxes_with_the_pixels_and_never_flips(zoom):
+    import numpy as np
+
+    image = np.full((120, 160, 3), 100, np.uint8)
+    image[40:70, 90:130] = 255  # the object, right of centre
+    item = {"task": "ground", "box": [90, 40, 130, 70], "objects": [{"box": [90, 40, 130, 70]}]}
+    config = T.AugmentConfig(color=0.0, probability=1.0, zoom_in=0.8 if zoom == "in" else 1.0,
+                             zoom_out=1.3 if zoom == "out" else 1.0)
+    for seed in range(5):
+        out, dx, dy = T.Augmenter(config)(image, [item], random.Random(seed))
+        x0, y0, x1, y1 = (int(round(v)) for v in (90 + dx, 40 + dy, 130 + dx, 70 + dy))
+        assert np.all(out[y0:y1, x0:x1] == 255)
+        assert (out == 255).all(axis=2).sum() == 30 * 40  # whole object kept, nothing mirrored
