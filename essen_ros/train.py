@@ -41,7 +41,7 @@ from essen_ros.model.config import ConfigError, ModelConfig, from_dict, load_mod
 
 log = logging.getLogger("essen_ros.train")
 
-TASKS = ("itm", "mlm", "ground", "vqa")
+TASKS = ("itm", "mlm", "ground", "vqa", "attr")
 
 
 # ======================================================================= configuration
@@ -256,6 +256,9 @@ def _item_boxes(item: dict) -> list[list[float]]:
     return boxes
 
 
+from essen_ros.model.heads import attribute_targets  # noqa: E402
+
+
 class ImageTextDataset(torch.utils.data.Dataset):
     """Index = (epoch, image index): one image, preprocessed, with up to K of its items."""
 
@@ -303,7 +306,20 @@ class ImageTextDataset(torch.utils.data.Dataset):
             else:
                 record["match"] = int(item.get("match") is not False)
             records.append(record)
-        return {"key": tuple(key), "pixels": pixels, "records": records}
+        # Every visible object's attributes and box (from any grounding item's scene objects),
+        # for the dense attribute aid.
+        objects = next((it["objects"] for it in self.groups[index][1]
+                        if it.get("objects") and any("color" in o for o in it["objects"])), [])
+        obj_boxes, obj_attrs = [], []
+        for obj, attrs in zip(objects, attribute_targets(objects)):
+            if not obj.get("box"):
+                continue
+            bx0, by0, bx1, by1 = letterbox.to_input([obj["box"][0] + dx, obj["box"][1] + dy,
+                                                     obj["box"][2] + dx, obj["box"][3] + dy])
+            obj_boxes.append([bx0 / in_w, by0 / in_h, bx1 / in_w, by1 / in_h])
+            obj_attrs.append(attrs)
+        return {"key": tuple(key), "pixels": pixels, "records": records,
+                "obj_boxes": obj_boxes, "obj_attrs": obj_attrs}
 
 
 def epoch_batches(n_images: int, batch_images: int, epoch: int, seed: int, rank: int, world: int) -> list[list]:
@@ -362,7 +378,13 @@ class Collator:
                     elif roll < 0.9:
                         ids[j, t] = rng.randrange(1000, self.tokenizer.vocab_size)
         tasks = [r["task"] for r in records]
+        obj_image = [i for i, s in enumerate(samples) for _ in s.get("obj_boxes", [])]
+        obj_boxes = [b for s in samples for b in s.get("obj_boxes", [])]
+        obj_attrs = [a for s in samples for a in s.get("obj_attrs", [])]
         return {
+            "obj_image": torch.tensor(obj_image, dtype=torch.long),
+            "obj_boxes": torch.tensor(obj_boxes, dtype=torch.float32).reshape(-1, 4),
+            "obj_attrs": torch.tensor(obj_attrs, dtype=torch.long).reshape(-1, 4),
             "pixels": pixels, "input_ids": ids, "attention_mask": enc["attention_mask"],
             "image_index": torch.tensor(image_index), "mlm_labels": mlm_labels,
             "is_ground": torch.tensor([t == "ground" for t in tasks]),
@@ -395,6 +417,12 @@ def compute_losses(model, batch: dict, weights: dict) -> dict[str, torch.Tensor]
         cell_logits, boxes, found_logit = model.heads.grounding(out["image"][rows], pooled[rows], out["grid"])
         losses["ground"] = grounding_loss(cell_logits, boxes, found_logit, batch["box"][rows],
                                           batch["found"][rows], out["grid"])
+    if weights.get("attr", 0) > 0 and len(batch.get("obj_image", ())) and "image_tokens" in out:
+        from essen_ros.model.heads import attribute_loss, target_cells
+
+        cells = target_cells(batch["obj_boxes"], out["grid"])
+        tokens = out["image_tokens"][batch["obj_image"], 1 + cells]
+        losses["attr"] = attribute_loss(model.heads.attributes(tokens), batch["obj_attrs"])
     if weights.get("vqa", 0) > 0 and bool(batch["is_vqa"].any()):
         rows = batch["is_vqa"]
         losses["vqa"] = F.cross_entropy(model.heads.vqa(pooled[rows]), batch["answer"][rows])
@@ -545,7 +573,7 @@ def load_training_state(out: Path):
 
 
 class RunLog:
-    FIELDS = ["stage", "step", "global_step", "epoch", "loss", "itm", "mlm", "ground", "vqa",
+    FIELDS = ["stage", "step", "global_step", "epoch", "loss", "itm", "mlm", "ground", "vqa", "attr",
               "lr", "samples_per_s", "elapsed_s"]
 
     def __init__(self, out: Path, resume: bool):
@@ -585,7 +613,7 @@ def plot_run(out: Path) -> Path | None:
     evals = [json.loads(l) for l in open(out / "eval.jsonl")] if (out / "eval.jsonl").exists() else []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [int(r["global_step"]) for r in rows]
-    for key in ("loss", "itm", "mlm", "ground", "vqa"):
+    for key in ("loss", "itm", "mlm", "ground", "vqa", "attr"):
         pts = [(s, float(r[key])) for s, r in zip(steps, rows) if r.get(key) not in ("", None)]
         if pts:
             ax.plot(*zip(*pts), label=key, lw=1.5 if key == "loss" else 0.8)

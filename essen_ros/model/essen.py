@@ -39,10 +39,11 @@ class VisionLanguageModel(nn.Module):
     def forward(self, pixels, input_ids, attention_mask, image_index=None) -> dict:
         """Fused tokens and pooled feature for each text; heads are applied by the caller
         (only those a batch needs, see essen_ros.train)."""
-        image, grid = self.encode_image(pixels)
+        image_tokens, grid = self.encode_image(pixels)
         text = self.encode_text(input_ids, attention_mask)
-        text, image = self.fuse(text, attention_mask, image, image_index)
-        return {"text": text, "image": image, "grid": grid, "pooled": self.heads.pooler(text, image)}
+        text, image = self.fuse(text, attention_mask, image_tokens, image_index)
+        return {"text": text, "image": image, "grid": grid, "pooled": self.heads.pooler(text, image),
+                "image_tokens": image_tokens}  # per image, before fusion (attribute aid)
 
     def ground(self, fused: dict):
         return self.heads.grounding(fused["image"], fused["pooled"], fused["grid"])

@@ -4,6 +4,10 @@ pooled = [text-CLS pooler ; image-CLS pooler] (2 x width), as in the ESsEN confi
 - ITM: pooled -> 2 classes (match / no match).
 - MLM: fused text tokens -> vocabulary, decoder tied to the word embeddings.
 - VQA: pooled -> answer vocabulary.
+- Attributes (training aid): each image token *before* fusion predicts colour, shape,
+  material and size of the object whose centre lies in its cell. Scene graphs give every
+  object's attributes for free, so this dense signal teaches the image tower what "red" or
+  "metal" look like far faster than the one target cell per referring expression does.
 - Grounding: every fused image cell gets a logit (softmax over cells = where the target is)
   and a box regressed from the cell centre (distances to the four edges, as fractions of the
   input size); a found logit from the pooled feature says whether anything matches at all.
@@ -81,9 +85,49 @@ class GroundingHead(nn.Module):
         return out[..., 0], boxes, self.found(pooled).squeeze(-1)
 
 
+ATTRIBUTE_GROUPS = (
+    ("color", ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")),
+    ("shape", ("cube", "sphere", "cylinder")),
+    ("material", ("rubber", "metal")),
+    ("size", ("small", "large")),
+)
+
+
+class AttributeHead(nn.Module):
+    """Image token -> logits of every attribute group, concatenated (8 + 3 + 2 + 2)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, sum(len(values) for _, values in ATTRIBUTE_GROUPS))
+
+    def forward(self, tokens):
+        return self.linear(tokens)
+
+
+def attribute_targets(objects: list[dict]) -> list[list[int]]:
+    """Per object, the class index in each attribute group (-100 when unknown)."""
+    rows = []
+    for obj in objects:
+        rows.append([values.index(obj[name]) if obj.get(name) in values else -100
+                     for name, values in ATTRIBUTE_GROUPS])
+    return rows
+
+
+def attribute_loss(logits, targets):
+    """Sum over attribute groups of the cross-entropy at the objects' cells."""
+    loss, start = logits.new_zeros(()), 0
+    for g, (_, values) in enumerate(ATTRIBUTE_GROUPS):
+        part = logits[:, start:start + len(values)]
+        if bool((targets[:, g] >= 0).any()):
+            loss = loss + F.cross_entropy(part, targets[:, g], ignore_index=-100)
+        start += len(values)
+    return loss
+
+
 class Heads(nn.Module):
     def __init__(self, width: int, n_answers: int, embedding: nn.Embedding, dropout: float):
         super().__init__()
+        self.attributes = AttributeHead(width)
         self.pooler = Pooler(width)
         self.itm = mlp(2 * width, 2 * width, 2, dropout)
         self.vqa = mlp(2 * width, 2 * width, n_answers, dropout)
