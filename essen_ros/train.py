@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from essen_ros.model.config import ConfigError, ModelConfig, from_dict, load_model_config, read_yaml
+from essen_ros.model.heads import attribute_targets
 
 log = logging.getLogger("essen_ros.train")
 
@@ -254,9 +255,6 @@ def _item_boxes(item: dict) -> list[list[float]]:
     if item.get("box"):
         boxes.append(item["box"])
     return boxes
-
-
-from essen_ros.model.heads import attribute_targets  # noqa: E402
 
 
 class ImageTextDataset(torch.utils.data.Dataset):
