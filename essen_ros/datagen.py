@@ -76,7 +76,7 @@ def image_name(index: int) -> str:
 def make_example(config: GenerationConfig, index: int, out: Path | None):
     """Scene, render and texts of image `index`; saves the PNG; returns (items, scene dict)."""
     from essen_ros.data.language import generate
-    from essen_ros.data.manifest import save_png
+    from essen_ros.data.manifest import item_from_text, save_png
     from essen_ros.data.scene import relations, sample_scene
 
     rng = np.random.default_rng([config.seed, index])
@@ -103,23 +103,7 @@ def make_example(config: GenerationConfig, index: int, out: Path | None):
     shown = [i for i, v in enumerate(result.visible) if v]
     listed = [{"box": result.boxes[i], "center": result.centers[i],
                **scene.objects[i].attributes(), "scene_index": i} for i in shown]
-    items = []
-    for text in texts:
-        item = {"image": image, "task": text["task"], "variant": text["variant"],
-                "text": text["text"], "scene": scene_id}
-        if text["task"] == "ground":
-            if text.get("found", True) is False:
-                item.update(found=False, box=None, target=None)
-            else:
-                target = shown.index(text["target_scene_index"])
-                item.update(box=listed[target]["box"], target=target)
-            item["objects"] = listed
-        elif text["task"] == "vqa":
-            item.update(answer=text["answer"], kind=text["kind"])
-        else:
-            item["match"] = text["match"]
-        item["program"] = text["program"]
-        items.append(item)
+    items = [item_from_text(text, image, scene_id, listed, shown) for text in texts]
 
     graph = scene.to_dict()
     graph.update(image=image, image_size=[width, height], relations=rels)

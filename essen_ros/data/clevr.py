@@ -162,7 +162,7 @@ def convert(scenes_json, out, images_dir=None, limit=None, seed=0, render=True,
             copy_images=False, overwrite=False, texts=(6, 1, 8, 2), progress=True) -> dict:
     """Convert a CLEVR scenes file into a manifest folder. Returns counts."""
     from essen_ros.data.language import generate
-    from essen_ros.data.manifest import ANNOTATIONS, ManifestWriter
+    from essen_ros.data.manifest import ANNOTATIONS, ManifestWriter, item_from_text
 
     scenes_json = Path(scenes_json)
     if not scenes_json.is_file():
@@ -209,21 +209,7 @@ def convert(scenes_json, out, images_dir=None, limit=None, seed=0, render=True,
                        "scene_index": i} for i in shown]
             scene_id = Path(raw["image_filename"]).stem
             for text in generate(scene.objects, visible, rels, rng, n_ground, n_negative, n_vqa, n_caption):
-                item = {"image": image, "task": text["task"], "variant": text["variant"],
-                        "text": text["text"], "scene": scene_id}
-                if text["task"] == "ground":
-                    if text.get("found", True) is False:
-                        item.update(found=False, box=None, target=None)
-                    else:
-                        target = shown.index(text["target_scene_index"])
-                        item.update(box=listed[target]["box"], target=target)
-                    item["objects"] = listed
-                elif text["task"] == "vqa":
-                    item.update(answer=text["answer"], kind=text["kind"])
-                else:
-                    item["match"] = text["match"]
-                item["program"] = text["program"]
-                writer.write_item(item)
+                writer.write_item(item_from_text(text, image, scene_id, listed, shown))
                 counts["items"] += 1
             graph = scene.to_dict()
             graph.update(scene=scene_id, image=image, image_size=[480, 320], relations=rels,

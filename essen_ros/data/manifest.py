@@ -198,6 +198,27 @@ def read_scenes(path) -> dict:
     return scenes
 
 
+def item_from_text(text: dict, image: str, scene_id: str, listed: list[dict], shown: list[int]) -> dict:
+    """One manifest line from a generated text (essen_ros.data.language.generate).
+    `listed` are the visible objects as written into the line (box, centre, attributes),
+    `shown[k]` the scene index of listed object k."""
+    item = {"image": image, "task": text["task"], "variant": text["variant"],
+            "text": text["text"], "scene": scene_id}
+    if text["task"] == "ground":
+        if text.get("found", True) is False:
+            item.update(found=False, box=None, target=None)
+        else:
+            target = shown.index(text["target_scene_index"])
+            item.update(box=listed[target]["box"], target=target)
+        item["objects"] = listed
+    elif text["task"] == "vqa":
+        item.update(answer=text["answer"], kind=text["kind"])
+    else:
+        item["match"] = text["match"]
+    item["program"] = text["program"]
+    return item
+
+
 def save_png(path, rgb: np.ndarray, compress_level: int = 1):
     """Write an RGB uint8 image atomically (temp file in the same folder, then rename)."""
     from PIL import Image

@@ -15,7 +15,6 @@ Topics (relative, remap as usual): subscribes ``image`` (sensor_msgs/Image) or
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import threading
 import time
@@ -24,23 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_policy_name_from_kind)
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
 
 from essen_ros.msg import Answer, Candidate, Grounding
 from essen_ros.paths import default_checkpoint
-from essen_ros.ros.dds import apply_default_profile
+from essen_ros.ros.runtime import EXIT_STARTUP_ERROR, StartupError, run_node  # noqa: F401
 from essen_ros.ros.image_conversion import (DEFAULT_MAX_PIXELS, ImageConversionError,
                                             SUPPORTED_ENCODINGS, compressed_image_to_rgb,
                                             image_to_rgb, is_supported_encoding,
@@ -50,7 +46,6 @@ from essen_ros.srv import Query
 NODE_NAME = "essen_node"
 # Exit status when the node cannot start (bad checkpoint or parameter): distinct from 1,
 # which is what an unexpected exception gives.
-EXIT_STARTUP_ERROR = 2
 # Longer prompts are cut before tokenisation: a megabyte of text must not stall the worker.
 MAX_PROMPT_CHARS = 1000
 ERROR_THROTTLE_S = 5.0
@@ -58,8 +53,6 @@ QUESTION_WORDS = {"what", "which", "how", "is", "are", "does", "do", "can", "who
                   "there", "was", "were", "has", "have", "why", "when", "whose"}
 
 
-class StartupError(RuntimeError):
-    """The node cannot start; the message says why (path, parameter, value)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,44 +760,7 @@ class EssenNode(Node):
 # ---------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    apply_default_profile()
-    # Our own handlers: SIGINT and SIGTERM only set a flag, the spin loop ends, the worker is
-    # joined and everything is destroyed in order. No KeyboardInterrupt mid-callback, no
-    # traceback.
-    rclpy.init(args=argv if argv is not None else sys.argv,
-               signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    exit_code = 0
-    node = None
-    try:
-        node = EssenNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while not stop.is_set() and rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-        except ExternalShutdownException:
-            pass
-        logger.info("shutting down")
-        executor.shutdown()
-    except StartupError as error:
-        logger.error(str(error))
-        exit_code = EXIT_STARTUP_ERROR
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-        # Everything is released; what remains is the interpreter's teardown (a second or
-        # more with torch loaded). A repeated Ctrl-C or a supervisor's follow-up SIGTERM
-        # must not turn this clean exit into a traceback or a kill. (Python restores the
-        # default action for signals with Python handlers at exit, but keeps SIG_IGN.)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-    return exit_code
+    return run_node(EssenNode, NODE_NAME, argv)
 
 
 if __name__ == "__main__":

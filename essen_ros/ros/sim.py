@@ -28,28 +28,24 @@ the executor thread only serves the service, so a slow render never blocks it.
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from geometry_msgs.msg import Point, PoseStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from std_srvs.srv import Trigger
 
 from essen_ros.msg import SceneObject as SceneObjectMsg
 from essen_ros.msg import SceneTruth
-from essen_ros.ros.dds import apply_default_profile
+from essen_ros.ros.runtime import EXIT_STARTUP_ERROR, StartupError, run_node  # noqa: F401
 
 NODE_NAME = "essen_sim"
 IMAGE_TOPIC = "camera/image_raw"
@@ -57,7 +53,6 @@ CAMERA_INFO_TOPIC = "camera/camera_info"
 CAMERA_POSE_TOPIC = "camera/pose"
 SCENE_TRUTH_TOPIC = "scene_truth"
 NEW_SCENE_SERVICE = "new_scene"
-EXIT_STARTUP_ERROR = 2
 
 # The scene generator works in CLEVR's units (a large object has radius 0.7). On the topics the
 # world is a tabletop: one unit is 10 cm, so a large cube is about 10 cm wide.
@@ -261,8 +256,6 @@ def image_msg(rgb: np.ndarray) -> Image:
 # Node
 # ---------------------------------------------------------------------------------------------
 
-class StartupError(RuntimeError):
-    pass
 
 
 class SimNode(Node):
@@ -418,35 +411,8 @@ class SimNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    apply_default_profile()
-    rclpy.init(args=argv if argv is not None else sys.argv,
-               signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    exit_code = 0
-    node = None
-    try:
-        node = SimNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while not stop.is_set() and rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-        except ExternalShutdownException:
-            pass
-        logger.info(f"shutting down after {node.frames_published} frames")
-        executor.shutdown()
-    except StartupError as error:
-        logger.error(str(error))
-        exit_code = EXIT_STARTUP_ERROR
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return exit_code
+    return run_node(SimNode, NODE_NAME, argv,
+                    farewell=lambda node: f"shutting down after {node.frames_published} frames")
 
 
 if __name__ == "__main__":
