@@ -5,7 +5,7 @@ CLEVR ?= ../shared/data/clevr-dev
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE = 1
 
-.PHONY: setup test demo clevr train data sim bench clean
+.PHONY: setup test demo clevr train eval sim bench clean
 setup:
 	./setup.sh
 
@@ -23,6 +23,12 @@ clevr:
 # The default model's whole pipeline (data -> pretrain -> fine-tune), about an hour on 2 cores.
 train:
 	scripts/train_default.sh
+
+# Scores of the shipped model: synthetic test set (rendered, seed 3) and the CLEVR folder.
+eval:
+	[ -f data/test/annotations.jsonl ] || $(VENV)/bin/essen-datagen --out data/test --images 500 --seed 3 --workers 2 --vary-size
+	$(VENV)/bin/essen-eval --data data/test --out reports/synthetic-test
+	$(VENV)/bin/essen-eval --data $(CLEVR) --out reports/clevr-dev
 
 sim:
 	$(VENV)/bin/essen-scorer --launch --ros-args -p duration:=60.0
