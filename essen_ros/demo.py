@@ -58,6 +58,8 @@ def _verdict(record: dict) -> tuple[str, str]:
 
 def print_records(records: list[dict], out=sys.stdout) -> None:
     for record in records:
+        if not record.get("labelled", True):
+            continue  # a text still active on later frames: nothing to judge it by
         mark, said = _verdict(record)
         print(f"[{mark}] {record.get('text', '')!r:60} -> {said}", file=out)
 
