@@ -87,3 +87,13 @@ def test_png_written_atomically_and_read_back_as_rgb(tmp_path):
     save_png(tmp_path / "images" / "x.png", rgb)
     assert np.array_equal(load_rgb(tmp_path / "images" / "x.png"), rgb)
     assert [p.name for p in (tmp_path / "images").iterdir()] == ["x.png"]
+
+
+def test_a_line_that_is_not_utf8_is_skipped_and_the_rest_still_load(tmp_path):
+    good = {"image": "a.png", "task": "vqa", "text": "how many things?", "answer": "3"}
+    data = (json.dumps(good) + "\n").encode() + b'{"image": "\xff\xfe", "task": "vqa"}\n' \
+        + (json.dumps({**good, "answer": "2"}) + "\n").encode()
+    (tmp_path / "annotations.jsonl").write_bytes(data)
+    items, report = read_manifest(tmp_path)
+    assert [i.answer for i in items] == ["3", "2"]
+    assert report.skipped == 1 and report.reasons["not UTF-8 text"] == 1

@@ -195,6 +195,9 @@ def test_malformed_frames_are_dropped_counted_and_the_node_stays_up(io, nodes):
     after = _raw_diagnostics(io, fresh=True)
     assert int(after["frames_malformed"]) - int(before["frames_malformed"]) == len(bad)
     assert "dropped frame:" in nodes["raw"].output
+    # each kind of bad frame is reported, not hidden behind the throttle of another kind
+    assert "unsupported encoding '32FC1'" in nodes["raw"].output
+    assert "image 5000x5000" in nodes["raw"].output
     assert "Traceback" not in nodes["raw"].output
     assert io["grounding"].matching(lambda m: m.header.frame_id == "bad") == []
 

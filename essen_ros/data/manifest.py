@@ -160,11 +160,16 @@ def read_manifest(path, check_images: bool = False):
     report = ManifestReport(str(manifest))
     items = []
     seen_images = {}
-    with open(manifest, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    with open(manifest, "rb") as f:  # bytes: one undecodable line must not cost the rest
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             report.lines += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                report.skip(number, "not UTF-8 text")
+                continue
             try:
                 item = parse_item(json.loads(line), root)
             except json.JSONDecodeError:

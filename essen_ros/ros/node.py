@@ -260,6 +260,7 @@ class EssenNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         self.stats = Stats()
+        self._dropped_logged: dict[tuple, float] = {}  # cause -> last time it was logged
         self._slot = LatestFrameSlot()
         self._prompt_lock = threading.Lock()
         self._prompts: dict[str, Prompt | None] = {"command": None, "question": None}
@@ -508,6 +509,15 @@ class EssenNode(Node):
                 self.get_logger().error(f"frame failed: {self.stats.last_error}",
                                         throttle_duration_sec=ERROR_THROTTLE_S)
 
+    def _log_dropped(self, error: ImageConversionError) -> None:
+        """Throttled per cause (error kind + the field it names), so a flood of one bad kind
+        of frame cannot hide the first report of another."""
+        cause = (type(error).__name__, " ".join(str(error).split()[:2]))
+        now = time.monotonic()
+        if now - self._dropped_logged.get(cause, -ERROR_THROTTLE_S) >= ERROR_THROTTLE_S:
+            self._dropped_logged[cause] = now
+            self.get_logger().error(f"dropped frame: {error}")
+
     def _debug_wanted(self) -> bool:
         return self.live.publish_debug_image and self._debug_pub.get_subscription_count() > 0
 
@@ -524,8 +534,7 @@ class EssenNode(Node):
         except ImageConversionError as error:
             self.stats.malformed += 1
             self.stats.last_error = str(error)
-            self.get_logger().error(f"dropped frame: {error}",
-                                    throttle_duration_sec=ERROR_THROTTLE_S)
+            self._log_dropped(error)
             return
         if self.live.once:
             with self._prompt_lock:  # each prompt is used on exactly one frame
