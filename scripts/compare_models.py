@@ -58,7 +58,7 @@ def variants() -> dict[str, dict]:
 
 
 def train_config(model: dict, steps: int, lr: float) -> dict:
-    return {"model": model, "seed": 0, "batch_images": 4, "texts_per_image": 8, "log_every": 10,
+    return {"model": model, "seed": 0, "batch_images": 4, "texts_per_image": 8, "log_every": 10, "threads": 1,
             "eval_every": 0, "val_max_items": 1, "export_fp16": False,
             "stages": [{"name": "finetune", "tasks": {"ground": 1.0, "vqa": 1.0}, "steps": steps,
                         "lr": lr, "head_lr_mult": 5.0, "warmup": 0.05}]}
