@@ -74,3 +74,15 @@ def clevr_dev() -> Path:
     if not (CLEVR_DEV / "annotations.jsonl").is_file():
         pytest.fail(f"clevr-dev not found at {CLEVR_DEV} (set ESSEN_CLEVR_DEV)")
     return CLEVR_DEV
+
+
+@pytest.fixture
+def node():
+    """An rclpy node in the test process, in the test run's DDS domain."""
+    import rclpy
+
+    rclpy.init()
+    n = rclpy.create_node("essen_test_client")
+    yield n
+    n.destroy_node()
+    rclpy.try_shutdown()

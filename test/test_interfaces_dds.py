@@ -1,12 +1,11 @@
 """The package's messages and the shipped Fast DDS profile, between real OS processes."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
+from ros_helpers import spin_until
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
@@ -16,22 +15,6 @@ import dds_peer
 
 PEER = str(Path(__file__).with_name("dds_peer.py"))
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture
-def node():
-    rclpy.init()
-    n = rclpy.create_node("essen_dds_test")
-    yield n
-    n.destroy_node()
-    rclpy.try_shutdown()
-
-
-def spin_until(node, done, timeout):
-    end = time.monotonic() + timeout
-    while not done() and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return done()
 
 
 def fields(msg) -> dict:

@@ -2,11 +2,10 @@
 time, the new-scene service, and clear failures."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
-import rclpy
+from ros_helpers import spin_until
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -16,22 +15,6 @@ from std_srvs.srv import Trigger
 from essen_ros.msg import SceneTruth
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture
-def node():
-    rclpy.init()
-    n = rclpy.create_node("essen_sim_test")
-    yield n
-    n.destroy_node()
-    rclpy.try_shutdown()
-
-
-def spin_until(node, done, timeout):
-    end = time.monotonic() + timeout
-    while not done() and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return done()
 
 
 def stamp_ns(header) -> int:

@@ -6,11 +6,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.signals import SignalHandlerOptions
-
 from essen_ros.ros.dds import apply_default_profile
+
+# rclpy is imported inside the functions: modules that only need StartupError stay
+# importable (and testable) without ROS.
 
 EXIT_STARTUP_ERROR = 2
 
@@ -25,6 +24,10 @@ def run_node(make_node: Callable[[], object], logger_name: str, argv: list[str] 
     spin it until SIGINT/SIGTERM. The signals only set a flag: no KeyboardInterrupt lands
     mid-callback, the node's `close()` joins its worker threads, and everything is destroyed
     in order, so Ctrl-C leaves no traceback. Returns the process exit code."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
     apply_default_profile()
     rclpy.init(args=argv if argv is not None else sys.argv,
                signal_handler_options=SignalHandlerOptions.NO)
@@ -59,3 +62,25 @@ def run_node(make_node: Callable[[], object], logger_name: str, argv: list[str] 
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
     return exit_code
+
+
+def declare_read_only_parameters(node, parameters: dict) -> dict:
+    """Declare `{name: (default, description, (low, high) or None)}` as read-only parameters
+    with their ranges; a wrong type or out-of-range value is a StartupError naming the
+    parameter. Returns {name: value}."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    for name, (default, description, value_range) in parameters.items():
+        descriptor = ParameterDescriptor(description=description, read_only=True)
+        if value_range is not None:
+            low, high = value_range
+            if isinstance(default, float):
+                descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                                      to_value=float(high))]
+            else:
+                descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high))]
+        try:
+            node.declare_parameter(name, default, descriptor)
+        except Exception as error:  # noqa: BLE001 - wrong type or out of range: say which
+            raise StartupError(f"parameter {name}: {error}") from error
+    return {name: node.get_parameter(name).value for name in parameters}

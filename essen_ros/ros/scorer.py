@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from essen_ros import metrics
+from essen_ros.ros.runtime import StartupError, declare_read_only_parameters
 
 NODE_NAME = "essen_scorer"
 EXIT_STARTUP_ERROR = 2
@@ -419,16 +420,11 @@ class FrameStore:
 # The ROS node
 # ---------------------------------------------------------------------------------------------
 
-class StartupError(RuntimeError):
-    pass
-
-
 def _make_node_class():
     # rclpy and the messages are imported only when the node really runs, so the scoring
     # logic above stays importable (and testable) without ROS.
     import rclpy
     from geometry_msgs.msg import PoseStamped
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     from rclpy.node import Node
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -440,21 +436,7 @@ def _make_node_class():
     class ScorerNode(Node):
         def __init__(self):
             super().__init__(NODE_NAME)
-            for name, (default, description, value_range) in PARAMETERS.items():
-                descriptor = ParameterDescriptor(description=description, read_only=True)
-                if value_range is not None:
-                    low, high = value_range
-                    if isinstance(default, float):
-                        descriptor.floating_point_range = [FloatingPointRange(
-                            from_value=float(low), to_value=float(high))]
-                    else:
-                        descriptor.integer_range = [IntegerRange(from_value=int(low),
-                                                                 to_value=int(high))]
-                try:
-                    self.declare_parameter(name, default, descriptor)
-                except Exception as error:  # noqa: BLE001 - wrong type or out of range
-                    raise StartupError(f"parameter {name}: {error}") from error
-            self.params = {name: self.get_parameter(name).value for name in PARAMETERS}
+            self.params = declare_read_only_parameters(self, PARAMETERS)
             self.report_dir = Path(self.params["report_dir"]).expanduser()
             try:
                 self.report_dir.mkdir(parents=True, exist_ok=True)

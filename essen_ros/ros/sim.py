@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from geometry_msgs.msg import Point, PoseStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -45,7 +44,8 @@ from std_srvs.srv import Trigger
 
 from essen_ros.msg import SceneObject as SceneObjectMsg
 from essen_ros.msg import SceneTruth
-from essen_ros.ros.runtime import EXIT_STARTUP_ERROR, StartupError, run_node  # noqa: F401
+from essen_ros.ros.runtime import (EXIT_STARTUP_ERROR, StartupError,  # noqa: F401
+                                   declare_read_only_parameters, run_node)
 
 NODE_NAME = "essen_sim"
 IMAGE_TOPIC = "camera/image_raw"
@@ -256,25 +256,10 @@ def image_msg(rgb: np.ndarray) -> Image:
 # Node
 # ---------------------------------------------------------------------------------------------
 
-
-
 class SimNode(Node):
     def __init__(self):
         super().__init__(NODE_NAME)
-        for name, (default, description, value_range) in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=description, read_only=True)
-            if value_range is not None:
-                low, high = value_range
-                if isinstance(default, float):
-                    descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
-                                                                          to_value=float(high))]
-                else:
-                    descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high))]
-            try:
-                self.declare_parameter(name, default, descriptor)
-            except Exception as error:  # noqa: BLE001 - wrong type or out of range: say which
-                raise StartupError(f"parameter {name}: {error}") from error
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        p = declare_read_only_parameters(self, PARAMETERS)
         self.params = p
         if p["min_objects"] > p["max_objects"]:
             raise StartupError(f"min_objects {p['min_objects']} > max_objects {p['max_objects']}")
