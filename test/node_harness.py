@@ -142,6 +142,17 @@ def tiny_checkpoint_path(tmp_path_factory) -> Path:
     return path
 
 
+# Module-scoped fixtures for the node test modules (import them by name to use them).
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint_path(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    return OfflineReference(checkpoint)
+
+
 class OfflineReference:
     """The model as evaluation runs it, for comparing with the node's output."""
 

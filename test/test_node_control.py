@@ -21,25 +21,16 @@ from std_msgs.msg import String
 from essen_ros.msg import Answer, Grounding
 from essen_ros.ros.node import PARAMS
 from essen_ros.srv import Query
-from node_harness import (NodeProcess, OfflineReference, RosClient, assert_same_grounding,
+from node_harness import (NodeProcess, RosClient, assert_same_grounding,
                           collect_diagnostics, latest_diagnostics, make_image_msg, node_env,
-                          sample_image, stamp_ns, tiny_checkpoint_path)
+                          sample_image, stamp_ns)
+from node_harness import checkpoint, reference  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.ros
 
 NODE = "/ctl/essen_node"
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "essen.yaml"
 _stamps = itertools.count(1_750_000_000_000_000_000, 100_000_000)  # 100 ms apart
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint_path(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint):
-    return OfflineReference(checkpoint)
 
 
 @pytest.fixture(scope="module")

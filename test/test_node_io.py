@@ -19,25 +19,16 @@ from std_msgs.msg import String
 from essen_ros.msg import Answer, Grounding
 from essen_ros.ros.image_conversion import (SUPPORTED_ENCODINGS, compressed_to_rgb,
                                             image_to_rgb)
-from node_harness import (NodeProcess, OfflineReference, RosClient, assert_same_grounding,
+from node_harness import (NodeProcess, RosClient, assert_same_grounding,
                           collect_diagnostics, compress, latest_diagnostics, make_image_msg,
-                          node_env, sample_image, stamp_ns, tiny_checkpoint_path)
+                          node_env, sample_image, stamp_ns)
+from node_harness import checkpoint, reference  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.ros
 
 COMMAND = "the small red cube left of the sphere"
 THRESHOLD = 0.5  # the tiny checkpoint's found_threshold (default config)
 _stamps = itertools.count(1_700_000_000_000_000_000, 10_000_000)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint_path(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint):
-    return OfflineReference(checkpoint)
 
 
 @pytest.fixture(scope="module")
