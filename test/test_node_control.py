@@ -184,6 +184,9 @@ def test_over_long_command_is_truncated_with_a_warning(ctl, node):
     assert result.reason == "" or "below threshold" in result.reason
     node.wait_for_output(r"command longer than 1000 characters: truncated", 5)
     node.wait_for_output(r"longer than the model's token limit: truncated", 5)
+    # the log shows the start of the command and its length, not all 1000 characters
+    logged = node.wait_for_output(r"command #\d+: '.*\.\.\.' \(1000 chars\)", 5)
+    assert len(logged.group(0)) < 400
 
 
 def test_once_mode_uses_a_command_on_the_next_frame_only(ctl):
@@ -313,6 +316,15 @@ def test_query_service_grounds_and_answers_synchronously_like_offline(ctl, refer
     assert swapped.grounding.score == pytest.approx(grounded.grounding.score, abs=1e-4)
 
 
+def test_query_service_says_when_it_truncated_the_text(ctl):
+    text = " ".join(["the big red metal cube behind the small sphere"] * 80)  # ~3800 chars
+    response = _query(ctl, sample_image(64, 48), text, task="ground")
+    assert response.success
+    assert response.grounding.command == text[:1000]
+    assert "longer than 1000 characters: truncated" in response.message
+    assert "token limit: truncated" in response.message
+
+
 @pytest.mark.parametrize("text, task, encoding, message", [
     ("", "ground", "rgb8", "empty text"),
     ("the cube", "dance", "rgb8", "unknown task"),
@@ -353,6 +365,7 @@ def test_diagnostics_at_1hz_report_model_latency_input_age_and_prompts(ctl, chec
 def test_input_age_uses_the_node_clock_so_sim_time_works(ctl):
     """With use_sim_time and a /clock 250 ms after the frame's stamp, the input age is
     250 ms, whatever the wall clock says (bag replay of old recordings)."""
+    _command(ctl, "the cube")  # a result needs a command; don't rely on an earlier test's
     clock = ctl["client"].publisher(Clock, "/clock")
     assert _set(ctl, use_sim_time=True)[0].successful
     try:

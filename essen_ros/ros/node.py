@@ -36,7 +36,8 @@ from std_msgs.msg import String
 
 from essen_ros.msg import Answer, Candidate, Grounding
 from essen_ros.paths import default_checkpoint
-from essen_ros.ros.runtime import EXIT_STARTUP_ERROR, StartupError, run_node  # noqa: F401
+from essen_ros.ros.runtime import (EXIT_STARTUP_ERROR, StartupError, parameter_error,  # noqa: F401
+                                   run_node)
 from essen_ros.ros.image_conversion import (DEFAULT_MAX_PIXELS, ImageConversionError,
                                             SUPPORTED_ENCODINGS, compressed_image_to_rgb,
                                             image_to_rgb, is_supported_encoding,
@@ -48,6 +49,7 @@ NODE_NAME = "essen_node"
 # which is what an unexpected exception gives.
 # Longer prompts are cut before tokenisation: a megabyte of text must not stall the worker.
 MAX_PROMPT_CHARS = 1000
+LOGGED_PROMPT_CHARS = 160  # the log shows this much of a prompt; results carry all of it
 ERROR_THROTTLE_S = 5.0
 QUESTION_WORDS = {"what", "which", "how", "is", "are", "does", "do", "can", "who", "where",
                   "there", "was", "were", "has", "have", "why", "when", "whose"}
@@ -251,11 +253,13 @@ class EssenNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
         self._declare_read_only_parameters()
-        self._checkpoint_path = self._resolve_checkpoint()
-        self._predictor = self._load_predictor()
-        self._model_lock = threading.Lock()
+        self._checkpoint_path, checkpoint_config = self._resolve_checkpoint()
+        # Every parameter is checked before the model loads: a typo fails in a second.
         self.live = LiveSettings()
-        self._declare_live_parameters()
+        self._declare_live_parameters(float(checkpoint_config.found_threshold))
+        self._predictor = self._load_predictor()
+        self._predictor.max_candidates = self.live.max_candidates + 1  # + the best box
+        self._model_lock = threading.Lock()
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -299,9 +303,10 @@ class EssenNode(Node):
         try:
             self.declare_parameter(spec.name, default, _descriptor(spec))
         except Exception as error:  # noqa: BLE001 - rclpy raises several types here
-            raise StartupError(f"parameter {spec.name}: {error}") from None
+            raise StartupError(parameter_error(spec.name, error)) from None
 
-    def _resolve_checkpoint(self) -> Path:
+    def _resolve_checkpoint(self):
+        """The checkpoint folder and its model config, checked without loading torch."""
         value = self.get_parameter("checkpoint").value
         path = Path(value).expanduser() if value else default_checkpoint()
         if not path.exists():
@@ -317,11 +322,11 @@ class EssenNode(Node):
         from essen_ros.model.config import ConfigError, model_config_from_dict
 
         try:
-            model_config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
+            config = model_config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
         except (yaml.YAMLError, ConfigError, TypeError, AttributeError, ValueError) as error:
             raise StartupError(f"cannot load checkpoint {path}: bad config.yaml: "
                                f"{error}") from None
-        return path
+        return path, config
 
     def _load_predictor(self):
         from essen_ros.model.checkpoint import load_model
@@ -334,13 +339,13 @@ class EssenNode(Node):
             raise StartupError(f"cannot load checkpoint {self._checkpoint_path} on device "
                                f"{device!r}: {type(error).__name__}: {error}") from None
 
-    def _declare_live_parameters(self) -> None:
+    def _declare_live_parameters(self, checkpoint_threshold: float) -> None:
         for spec in PARAMS:
             if spec.read_only:
                 continue
             default = spec.default
             if spec.name == "score_threshold":
-                default = float(self._predictor_threshold())
+                default = checkpoint_threshold
             self._declare(spec, default)
         override = self.get_parameter("encoding_override").value
         if override and not is_supported_encoding(override):
@@ -349,10 +354,6 @@ class EssenNode(Node):
         for spec in PARAMS:
             if not spec.read_only:
                 setattr(self.live, spec.name, self.get_parameter(spec.name).value)
-        self._predictor.max_candidates = self.live.max_candidates + 1  # + the best box
-
-    def _predictor_threshold(self) -> float:
-        return float(self._predictor.threshold)
 
     def _create_interfaces(self) -> None:
         reliability = (ReliabilityPolicy.RELIABLE
@@ -399,10 +400,14 @@ class EssenNode(Node):
 
     def _log_incompatible_qos(self, topic: str, event, other: str) -> None:
         policy = qos_policy_name_from_kind(event.last_policy_kind)
+        if topic.startswith("image"):
+            ours = (f"{self.get_parameter('image_reliability').value}, set by the "
+                    f"image_reliability parameter")
+        else:
+            ours = "reliable, volatile, depth 10"
         self.get_logger().warning(
             f"incompatible QoS on '{topic}': a {other} was found whose {policy} policy does "
-            f"not match this node's (image_reliability="
-            f"{self.get_parameter('image_reliability').value}); no messages flow between them")
+            f"not match this node's ({ours}); no messages flow between them")
 
     def _log_startup(self) -> None:
         qos = self._image_qos
@@ -492,7 +497,9 @@ class EssenNode(Node):
             if previous is not None and previous.text == text:
                 prompt.cache = previous.cache  # same text: keep its encoding
             self._prompts[kind] = prompt
-        self.get_logger().info(f"{kind} #{prompt.prompt_id}: {text!r}")
+        shown = text if len(text) <= LOGGED_PROMPT_CHARS else text[:LOGGED_PROMPT_CHARS] + "..."
+        self.get_logger().info(f"{kind} #{prompt.prompt_id}: {shown!r}"
+                               + (f" ({len(text)} chars)" if shown != text else ""))
 
     # -- worker ---------------------------------------------------------------------------
 
@@ -657,7 +664,7 @@ class EssenNode(Node):
     # -- service --------------------------------------------------------------------------
 
     def _on_query(self, request, response):
-        text, _cut = normalise_text(request.text)
+        text, cut = normalise_text(request.text)
         task = request.task.strip().lower() or ("answer" if looks_like_question(text)
                                                 else "ground")
         response.grounding.command = text
@@ -693,7 +700,10 @@ class EssenNode(Node):
         except Exception as error:  # noqa: BLE001 - a service call must get an answer
             response.success, response.message = False, f"inference failed: {error}"
             return response
-        response.success, response.message = True, task
+        notes = [f"text longer than {MAX_PROMPT_CHARS} characters: truncated"] if cut else []
+        if getattr(text_cache, "truncated", False):
+            notes.append("text longer than the model's token limit: truncated")
+        response.success, response.message = True, "; ".join([task] + notes)
         return response
 
     def _service_text_cache(self, text: str):

@@ -82,5 +82,14 @@ def declare_read_only_parameters(node, parameters: dict) -> dict:
         try:
             node.declare_parameter(name, default, descriptor)
         except Exception as error:  # noqa: BLE001 - wrong type or out of range: say which
-            raise StartupError(f"parameter {name}: {error}") from error
+            raise StartupError(parameter_error(name, error)) from None
     return {name: node.get_parameter(name).value for name in parameters}
+
+
+def parameter_error(name: str, error: Exception) -> str:
+    """One line for a parameter rclpy refused at declaration. rclpy's own text repeats the
+    name ("...: max_pixels") and wraps the reason ("Invalid parameter value (0) for
+    parameter. Reason: ..."); keep just the reason."""
+    text = str(error).strip()
+    text = text.removesuffix(f": {name}").split("Reason: ", 1)[-1].strip()
+    return f"parameter {name}: {text}"
