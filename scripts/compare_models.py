@@ -92,6 +92,16 @@ def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
+def _save(results_path: Path, name: str, entry: dict) -> None:
+    """Merge one variant's entry into results.json, re-reading it first (two runs with
+    different --only may share one --out) and replacing it atomically."""
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results[name] = entry
+    tmp = results_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(results_path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -106,7 +116,6 @@ def main() -> int:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
     for name, model in variants().items():
         if args.only and not any(s in name for s in args.only):
@@ -123,16 +132,19 @@ def main() -> int:
         minutes = (time.monotonic() - start) / 60
         if r.returncode != 0:
             print(r.stdout[-2000:], r.stderr[-3000:], file=sys.stderr)
-            results[name] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+            _save(results_path, name,
+                  {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"})
             continue
         entry = {"params_m": round(params(run / "model"), 2), "steps": args.steps,
                  "train_minutes": round(minutes, 1), "val": score(run / "model", args.val, args.val_items)}
         if args.clevr:
             entry["clevr_dev"] = score(run / "model", args.clevr, args.clevr_items)
-        results[name] = entry
-        results_path.write_text(json.dumps(results, indent=1))
+        _save(results_path, name, entry)
         print(json.dumps(entry), flush=True)
 
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    order = list(variants())
+    results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     lines = ["| variant | params | steps | train min | synthetic val grounding | synthetic val VQA "
              "| clevr-dev grounding | clevr-dev VQA |", "|---|---|---|---|---|---|---|---|"]
     for name, e in results.items():
