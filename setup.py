@@ -10,14 +10,14 @@ setup(
     python_requires=">=3.11",
     entry_points={
         "console_scripts": [
-            "essen-node = essen_ros.ros.node:main",
-            "essen-train = essen_ros.train:main",
-            "essen-datagen = essen_ros.datagen:main",
-            "essen-eval = essen_ros.evaluate:main",
-            "essen-bag = essen_ros.bagtool:main",
-            "essen-sim = essen_ros.ros.sim:main",
-            "essen-scorer = essen_ros.ros.scorer:main",
-            "essen-demo = essen_ros.demo:main",
+            "essen-node = essen_ros.cli:node",
+            "essen-train = essen_ros.cli:train",
+            "essen-datagen = essen_ros.cli:datagen",
+            "essen-eval = essen_ros.cli:evaluate",
+            "essen-bag = essen_ros.cli:bag",
+            "essen-sim = essen_ros.cli:sim",
+            "essen-scorer = essen_ros.cli:scorer",
+            "essen-demo = essen_ros.cli:demo",
         ],
     },
 )

@@ -51,3 +51,4 @@ def test_invalid_start_parameters_are_refused_by_name(spawn, parameter, named):
     # one readable line: not rclpy's wrapper text with the name appended again
     assert not lines[0].rstrip().endswith(f": {named}") and "for parameter. Reason" not in lines[0]
     assert "Traceback" not in output
+
