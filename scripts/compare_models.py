@@ -10,8 +10,8 @@ same training budget (steps x batch), then scored the same way:
         --clevr ../shared/data/clevr-dev --steps 150 --out runs/compare
 
 Writes runs/compare/results.json and a Markdown table (runs/compare/results.md; copy it
-into docs/results.md). Each variant: fine-tuning (grounding + VQA) only, batch 4 images x
-8 texts, from the same seed; scored on --val-items synthetic validation items and
+into docs/results.md). Each variant: fine-tuning (grounding + VQA, plus the attribute aid
+with --attr) only, batch 4 images x 8 texts, from the same seed; scored on --val-items synthetic validation items and
 --clevr-items clevr-dev items through the Predictor (the node's inference path).
 """
 from __future__ import annotations
@@ -57,10 +57,11 @@ def variants() -> dict[str, dict]:
     }
 
 
-def train_config(model: dict, steps: int, lr: float) -> dict:
+def train_config(model: dict, steps: int, lr: float, attr: float = 0.0) -> dict:
+    tasks = {"ground": 1.0, "vqa": 1.0, **({"attr": attr} if attr > 0 else {})}
     return {"model": model, "seed": 0, "batch_images": 4, "texts_per_image": 8, "log_every": 10, "threads": 1,
             "eval_every": 0, "val_max_items": 1, "export_fp16": False,
-            "stages": [{"name": "finetune", "tasks": {"ground": 1.0, "vqa": 1.0}, "steps": steps,
+            "stages": [{"name": "finetune", "tasks": tasks, "steps": steps,
                         "lr": lr, "head_lr_mult": 5.0, "warmup": 0.05}]}
 
 
@@ -111,6 +112,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1.5e-4)
     ap.add_argument("--val-items", type=int, default=600)
     ap.add_argument("--clevr-items", type=int, default=600)
+    ap.add_argument("--attr", type=float, default=0.0,
+                    help="weight of the attribute aid (the shipped recipe uses 0.5; default 0: "
+                         "grounding + VQA only, as in the paper)")
     ap.add_argument("--only", nargs="*", help="names (substring match) of variants to run")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "compare")
     args = ap.parse_args()
@@ -123,7 +127,7 @@ def main() -> int:
         slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
         run = args.out / slug
         cfg_path = args.out / f"{slug}.yaml"
-        cfg_path.write_text(yaml.safe_dump(train_config(model, args.steps, args.lr), sort_keys=False))
+        cfg_path.write_text(yaml.safe_dump(train_config(model, args.steps, args.lr, args.attr), sort_keys=False))
         print(f"== {name}: training {args.steps} steps -> {run}", flush=True)
         start = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "essen_ros.train", "--config", str(cfg_path),
@@ -135,7 +139,7 @@ def main() -> int:
             _save(results_path, name,
                   {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"})
             continue
-        entry = {"params_m": round(params(run / "model"), 2), "steps": args.steps,
+        entry = {"params_m": round(params(run / "model"), 2), "steps": args.steps, "attr": args.attr,
                  "train_minutes": round(minutes, 1), "val": score(run / "model", args.val, args.val_items)}
         if args.clevr:
             entry["clevr_dev"] = score(run / "model", args.clevr, args.clevr_items)
