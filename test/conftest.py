@@ -70,6 +70,15 @@ def spawn(ros_env):
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """One random-weight tiny checkpoint (seed 5) per pytest run, for every test that needs
+    a model but not a trained one."""
+    from essen_ros.model.checkpoint import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.getbasetemp() / "essen-tiny-checkpoint", "tiny", seed=5)
+
+
+@pytest.fixture(scope="session")
 def clevr_dev() -> Path:
     if not (CLEVR_DEV / "annotations.jsonl").is_file():
         pytest.fail(f"clevr-dev not found at {CLEVR_DEV} (set ESSEN_CLEVR_DEV)")

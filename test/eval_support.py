@@ -118,13 +118,6 @@ class FakePredictor:
         return FakeAnswer("red", 0.8, [("red", 0.8), ("blue", 0.1)])
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from essen_ros.model.checkpoint import make_checkpoint
-
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "data")

@@ -132,20 +132,10 @@ def compress(rgb: np.ndarray, codec: str, **save_args) -> bytes:
 # Checkpoint and offline reference
 # ---------------------------------------------------------------------------------------------
 
-def tiny_checkpoint_path(tmp_path_factory) -> Path:
-    """One random tiny checkpoint per pytest run, shared by every module that asks."""
-    path = tmp_path_factory.getbasetemp() / "essen-node-tiny-checkpoint"
-    if not (path / "config.yaml").is_file():
-        from essen_ros.model.checkpoint import make_checkpoint
-
-        make_checkpoint(path, "tiny", seed=5)
-    return path
-
-
 # Module-scoped fixtures for the node test modules (import them by name to use them).
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint_path(tmp_path_factory)
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint  # conftest's one random tiny checkpoint per run
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from eval_support import FakePredictor, dataset, make_dataset, sample_image, tiny_checkpoint  # noqa: F401
+from eval_support import FakePredictor, dataset, make_dataset, sample_image  # noqa: F401
 
 from essen_ros import bagtool, evaluate
 from essen_ros.data.manifest import read_manifest

@@ -8,14 +8,7 @@ import sys
 
 import pytest
 
-from essen_ros.model.checkpoint import make_checkpoint
-
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def run_demo(args, ros_env, timeout=300):
@@ -23,8 +16,8 @@ def run_demo(args, ros_env, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_demo_prints_a_line_per_text_scores_and_writes_the_report(tmp_path, tiny_model, ros_env):
-    r = run_demo(["--model", str(tiny_model), "--images", "2", "--seed", "7", "--out", str(tmp_path)], ros_env)
+def test_demo_prints_a_line_per_text_scores_and_writes_the_report(tmp_path, tiny_checkpoint, ros_env):
+    r = run_demo(["--model", str(tiny_checkpoint), "--images", "2", "--seed", "7", "--out", str(tmp_path)], ros_env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     lines = [line for line in r.stdout.splitlines() if re.match(r"^\[(ok  |WRONG|MISS)\] ", line)]
     # 2 scenes x (3 commands + 3 questions), every one answered by the node over DDS
@@ -34,16 +27,16 @@ def test_demo_prints_a_line_per_text_scores_and_writes_the_report(tmp_path, tiny
         assert (tmp_path / "live" / name).is_file()
 
 
-def test_demo_on_clevr_folder_replays_a_few_frames_and_scores_every_item_offline(tmp_path, tiny_model, ros_env, clevr_dev):
-    r = run_demo(["--model", str(tiny_model), "--clevr", str(clevr_dev), "--frames", "3", "--seed", "1",
+def test_demo_on_clevr_folder_replays_a_few_frames_and_scores_every_item_offline(tmp_path, tiny_checkpoint, ros_env, clevr_dev):
+    r = run_demo(["--model", str(tiny_checkpoint), "--clevr", str(clevr_dev), "--frames", "3", "--seed", "1",
                   "--out", str(tmp_path)], ros_env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "items scored: 2501" in r.stdout
     assert (tmp_path / "offline" / "results.json").is_file() and (tmp_path / "live" / "summary.md").is_file()
 
 
-def test_demo_names_a_missing_model_and_a_missing_folder(tmp_path, ros_env, tiny_model):
+def test_demo_names_a_missing_model_and_a_missing_folder(tmp_path, ros_env, tiny_checkpoint):
     r = run_demo(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], ros_env)
     assert r.returncode == 2 and "no model at" in r.stderr and str(tmp_path / "nope") in r.stderr
-    r = run_demo(["--model", str(tiny_model), "--clevr", str(tmp_path / "absent"), "--out", str(tmp_path / "o")], ros_env)
+    r = run_demo(["--model", str(tiny_checkpoint), "--clevr", str(tmp_path / "absent"), "--out", str(tmp_path / "o")], ros_env)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from eval_support import dataset, tiny_checkpoint  # noqa: F401
+from eval_support import dataset  # noqa: F401
 
 from essen_ros import bagtool, evaluate
 from essen_ros.data.manifest import read_manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_support import FakePredictor, dataset, tiny_checkpoint  # noqa: F401
+from eval_support import FakePredictor, dataset  # noqa: F401
 from PIL import Image as PILImage
 
 from essen_ros import bagtool, evaluate

@@ -98,8 +98,8 @@ def offline_records(report_dir, predictor) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("sim_loop") / "tiny", "tiny")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_sim_node_and_scorer_close_the_loop_and_match_offline_evaluation(spawn, tmp_path, checkpoint):
