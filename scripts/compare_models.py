@@ -149,16 +149,19 @@ def main() -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     order = list(variants())
     results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    lines = ["| variant | params | steps | train min | synthetic val grounding | synthetic val VQA "
-             "| clevr-dev grounding | clevr-dev VQA |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | params | steps | train min | synthetic val grounding (centre) "
+             "| synthetic val VQA | clevr-dev grounding (template / relational) | clevr-dev VQA |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, e in results.items():
         if "error" in e:
             lines.append(f"| {name} | failed: {e['error']} | | | | | | |")
             continue
-        c = e.get("clevr_dev", {})
+        v, c = e["val"], e.get("clevr_dev", {})
+        by = c.get("ground_by_variant", {})
         lines.append(f"| {name} | {e['params_m']:.1f} M | {e['steps']} | {e['train_minutes']} | "
-                     f"{pct(e['val']['ground_iou50'])} | {pct(e['val']['vqa'])} | "
-                     f"{pct(c.get('ground_iou50'))} | {pct(c.get('vqa'))} |")
+                     f"{pct(v['ground_iou50'])} ({pct(v['ground_centre'])}) | {pct(v['vqa'])} | "
+                     f"{pct(c.get('ground_iou50'))} ({pct(by.get('template'))} / "
+                     f"{pct(by.get('relational'))}) | {pct(c.get('vqa'))} |")
     table = "\n".join(lines)
     (args.out / "results.md").write_text(table + "\n")
     print(table)
