@@ -42,7 +42,7 @@ from essen_ros.model.heads import attribute_targets
 
 log = logging.getLogger("essen_ros.train")
 
-TASKS = ("itm", "mlm", "ground", "vqa", "attr")
+TASKS = ("itm", "mlm", "ground", "vqa", "attr", "box")
 
 
 # ======================================================================= configuration
@@ -173,7 +173,7 @@ def stage_uses(stage: StageConfig) -> set[str]:
     uses = set()
     if w.get("itm", 0) > 0 or w.get("mlm", 0) > 0:
         uses.add("caption")
-    if w.get("ground", 0) > 0:
+    if w.get("ground", 0) > 0 or w.get("box", 0) > 0:
         uses.add("ground")
     if w.get("vqa", 0) > 0:
         uses.add("vqa")
@@ -410,11 +410,18 @@ def compute_losses(model, batch: dict, weights: dict) -> dict[str, torch.Tensor]
         where = batch["mlm_labels"] >= 0
         logits = model.heads.mlm(out["text"][where])  # only masked positions reach the vocab
         losses["mlm"] = F.cross_entropy(logits, batch["mlm_labels"][where])
-    if weights.get("ground", 0) > 0 and bool(batch["is_ground"].any()):
+    want_boxes = weights.get("box", 0) > 0 and len(batch.get("obj_image", ()))
+    if (weights.get("ground", 0) > 0 or want_boxes) and bool(batch["is_ground"].any()):
         rows = batch["is_ground"]
         cell_logits, boxes, found_logit = model.heads.grounding(out["image"][rows], pooled[rows], out["grid"])
-        losses["ground"] = grounding_loss(cell_logits, boxes, found_logit, batch["box"][rows],
-                                          batch["found"][rows], out["grid"])
+        if weights.get("ground", 0) > 0:
+            losses["ground"] = grounding_loss(cell_logits, boxes, found_logit, batch["box"][rows],
+                                              batch["found"][rows], out["grid"])
+        if want_boxes:
+            from essen_ros.model.heads import object_box_loss
+
+            losses["box"] = object_box_loss(boxes, batch["image_index"][rows], batch["obj_image"],
+                                            batch["obj_boxes"], out["grid"])
     if weights.get("attr", 0) > 0 and len(batch.get("obj_image", ())) and "image_tokens" in out:
         from essen_ros.model.heads import attribute_loss, target_cells
 
@@ -571,7 +578,7 @@ def load_training_state(out: Path):
 
 
 class RunLog:
-    FIELDS = ["stage", "step", "global_step", "epoch", "loss", "itm", "mlm", "ground", "vqa", "attr",
+    FIELDS = ["stage", "step", "global_step", "epoch", "loss", "itm", "mlm", "ground", "vqa", "attr", "box",
               "lr", "samples_per_s", "elapsed_s"]
 
     def __init__(self, out: Path, resume: bool):
@@ -581,13 +588,15 @@ class RunLog:
             for p in (self.csv_path, self.eval_path):
                 p.unlink(missing_ok=True)
         new = not self.csv_path.exists()
+        # A resumed run keeps the columns its log was started with (older runs lack some).
+        self.fields = self.FIELDS if new else (open(self.csv_path).readline().strip().split(",") or self.FIELDS)
         self.csv_file = open(self.csv_path, "a", newline="")
-        self.writer = csv.DictWriter(self.csv_file, fieldnames=self.FIELDS)
+        self.writer = csv.DictWriter(self.csv_file, fieldnames=self.fields)
         if new:
             self.writer.writeheader()
 
     def row(self, **values):
-        self.writer.writerow({k: values.get(k, "") for k in self.FIELDS})
+        self.writer.writerow({k: values.get(k, "") for k in self.fields})
         self.csv_file.flush()
 
     def evaluation(self, record: dict):
@@ -611,7 +620,7 @@ def plot_run(out: Path) -> Path | None:
     evals = [json.loads(l) for l in open(out / "eval.jsonl")] if (out / "eval.jsonl").exists() else []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [int(r["global_step"]) for r in rows]
-    for key in ("loss", "itm", "mlm", "ground", "vqa", "attr"):
+    for key in ("loss", "itm", "mlm", "ground", "vqa", "attr", "box"):
         pts = [(s, float(r[key])) for s, r in zip(steps, rows) if r.get(key) not in ("", None)]
         if pts:
             ax.plot(*zip(*pts), label=key, lw=1.5 if key == "loss" else 0.8)
@@ -912,6 +921,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--max-minutes", type=float, help="override every stage's time budget")
     p.add_argument("--steps", type=int, help="override every stage's step budget")
+    p.add_argument("--threads", type=int, help="override the config's torch threads per process")
     return p.parse_args(argv)
 
 
@@ -927,6 +937,11 @@ def main(argv=None) -> int:
         return 2
     if args.seed is not None:
         config.seed = args.seed
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"essen-train: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        config.threads = args.threads
     for stage in config.stages:
         if args.max_minutes is not None:
             stage.max_minutes = args.max_minutes

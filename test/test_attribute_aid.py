@@ -74,3 +74,49 @@ def test_attribute_loss_is_computed_and_falls_on_a_fixed_batch(toy_with_attribut
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_object_cells_are_the_centre_cell_and_the_cells_inside_the_box():
+    from essen_ros.model.heads import Grid, object_cell_mask
+
+    grid = Grid(4, 4)  # cells 0.25 wide, centres at 0.125, 0.375, ...
+    boxes = torch.tensor([[0.05, 0.05, 0.20, 0.20],    # tiny: holds no cell centre, centre cell 0
+                          [0.30, 0.30, 0.80, 0.45]])   # wide: centres (0.375|0.625, 0.375) inside
+    mask = object_cell_mask(boxes, grid)
+    assert mask[0].nonzero().flatten().tolist() == [0]
+    assert mask[1].nonzero().flatten().tolist() == [5, 6]
+
+
+def test_object_box_loss_pairs_each_row_only_with_objects_of_its_own_image():
+    from essen_ros.model.heads import Grid, object_box_loss
+
+    grid = Grid(2, 2)
+    target = torch.tensor([[0.0, 0.0, 0.5, 0.5]])               # one object, image 1, cell 0
+    boxes = torch.zeros(2, 4, 4)
+    boxes[1, 0] = target[0]                                      # row 1 (image 1) regresses it exactly
+    boxes[0, 0] = torch.tensor([0.5, 0.5, 1.0, 1.0])             # row 0 (image 0) is wrong, but not paired
+    loss = object_box_loss(boxes, torch.tensor([0, 1]), torch.tensor([1]), target, grid)
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    loss = object_box_loss(boxes, torch.tensor([1, 1]), torch.tensor([1]), target, grid)
+    assert float(loss) > 0.5
+    assert float(object_box_loss(boxes, torch.tensor([0, 0]), torch.tensor([1]), target, grid)) == 0.0
+
+
+def test_object_box_loss_is_computed_and_falls_on_a_fixed_batch(toy_with_attributes):
+    from essen_ros.model.essen import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", pretrained=False).train()
+    stage = T.StageConfig(tasks={"ground": 1.0, "box": 1.0}, steps=1, lr=3e-3)
+    groups = T.group_by_image(T.read_items(toy_with_attributes), T.stage_uses(stage))
+    dataset = T.ImageTextDataset(groups, model.config, k=3, seed=0, augment=None)
+    batch = T.Collator(model.tokenizer, model.config, stage, seed=0)([dataset[(0, i)] for i in range(4)])
+    optimizer = T.make_optimizer(model, stage)
+    losses = []
+    for _ in range(30):
+        loss = T.compute_losses(model, batch, {"ground": 0.0, "box": 1.0})["box"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses

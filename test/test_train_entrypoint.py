@@ -1,4 +1,5 @@
 """essen-train on a toy manifest: outputs, learning, determinism, resume, Ctrl-C, torchrun."""
+import csv
 import json
 import os
 import random
@@ -222,6 +223,25 @@ def test_impossible_model_shape_is_named_before_any_work(toy, tmp_path, capsys):
     bad.write_text(TINY_TRAIN.read_text().replace("model: model_tiny.yaml", f"model: {model_yaml}"))
     assert T.main(["--config", str(bad), "--data", str(toy), "--out", str(tmp_path / "o")]) == 2
     assert "fusion.width" in capsys.readouterr().err
+
+
+def test_zero_threads_is_refused_before_any_work(toy, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert T.main(["--config", str(TINY_TRAIN), "--data", str(toy), "--out", str(out), "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_resumed_log_keeps_the_columns_it_was_started_with(tmp_path):
+    """A run started by an older version (fewer loss columns) resumes without shifting its CSV."""
+    old_fields = [f for f in T.RunLog.FIELDS if f != "box"]
+    (tmp_path / "log.csv").write_text(",".join(old_fields) + "\n")
+    log = T.RunLog(tmp_path, resume=True)
+    log.row(stage="finetune", step=1, loss="1.0", box="0.5", ground="0.7")
+    log.close()
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert list(rows[0]) == old_fields
+    assert rows[0]["ground"] == "0.7" and rows[0]["loss"] == "1.0"
 
 
 def test_missing_data_folder_is_named(tmp_path, capsys):

@@ -8,6 +8,11 @@ pooled = [text-CLS pooler ; image-CLS pooler] (2 x width), as in the ESsEN confi
   material and size of the object whose centre lies in its cell. Scene graphs give every
   object's attributes for free, so this dense signal teaches the image tower what "red" or
   "metal" look like far faster than the one target cell per referring expression does.
+- Object boxes (training aid): every fused image cell that lies on an object (its centre
+  cell, and every cell whose centre falls inside the object's box) regresses that object's
+  box, whatever the text says. The grounding head then reads the box at the chosen cell, so
+  this teaches box extents from every object in every pair, not from one target per
+  expression, and a neighbouring cell of the target still carries the right box.
 - Grounding: every fused image cell gets a logit (softmax over cells = where the target is)
   and a box regressed from the cell centre (distances to the four edges, as fractions of the
   input size); a found logit from the pooled feature says whether anything matches at all.
@@ -146,6 +151,35 @@ def target_cells(boxes_norm: torch.Tensor, grid) -> torch.Tensor:
     col = (cx / grid.cell_w).long().clamp(0, w - 1)
     row = (cy / grid.cell_h).long().clamp(0, h - 1)
     return row * w + col
+
+
+def object_cell_mask(obj_boxes: torch.Tensor, grid) -> torch.Tensor:
+    """(n_objects, h*w) bool: the cells that regress each object's box (normalised xyxy):
+    its centre cell and every cell whose centre lies inside the box."""
+    grid = as_grid(grid)
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h, device=obj_boxes.device, dtype=obj_boxes.dtype),
+                            torch.arange(w, device=obj_boxes.device, dtype=obj_boxes.dtype), indexing="ij")
+    cx, cy = ((xs + 0.5) * grid.cell_w).reshape(1, -1), ((ys + 0.5) * grid.cell_h).reshape(1, -1)
+    b = obj_boxes[:, :, None]
+    inside = (cx > b[:, 0]) & (cx < b[:, 2]) & (cy > b[:, 1]) & (cy < b[:, 3])
+    inside[torch.arange(len(obj_boxes), device=obj_boxes.device), target_cells(obj_boxes, grid)] = True
+    return inside
+
+
+def object_box_loss(boxes, row_image, obj_image, obj_boxes, grid):
+    """L1 + GIoU of the boxes regressed at every object's cells (object_cell_mask) against
+    that object's box, for every row (image-text pair) of the object's image.
+    boxes (R, h*w, 4) from the grounding head; row_image (R,) image index of each row;
+    obj_image (O,), obj_boxes (O, 4)."""
+    pairs = (row_image[:, None] == obj_image[None, :]).nonzero()      # (P, 2): row, object
+    if len(pairs) == 0:
+        return boxes.sum() * 0.0
+    mask = object_cell_mask(obj_boxes, grid)[pairs[:, 1]]             # (P, h*w)
+    where = mask.nonzero()                                            # (N, 2): pair, cell
+    pred = boxes[pairs[where[:, 0], 0], where[:, 1]]
+    target = obj_boxes[pairs[where[:, 0], 1]]
+    return F.l1_loss(pred, target) + generalized_box_iou_loss(pred, target, reduction="mean")
 
 
 def grounding_loss(cell_logits, boxes, found_logit, target_box, found, grid, box_weight: float = 2.0):
