@@ -11,8 +11,9 @@ same training budget (steps x batch), then scored the same way:
 
 Writes runs/compare/results.json and a Markdown table (runs/compare/results.md; copy it
 into docs/results.md). Each variant: fine-tuning (grounding + VQA, plus the attribute aid
-with --attr) only, batch 4 images x 8 texts, from the same seed; scored on --val-items synthetic validation items and
---clevr-items clevr-dev items through the Predictor (the node's inference path).
+with --attr and the object-box aid with --box) only, batch 4 images x 8 texts, from the same seed; scored on --val-items synthetic validation grounding
+items and as many VQA items, and likewise --clevr-items of clevr-dev, through the Predictor
+(the node's inference path). --rescore scores models trained by an earlier run again.
 """
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def variants() -> dict[str, dict]:
     }
 
 
-def train_config(model: dict, steps: int, lr: float, attr: float = 0.0) -> dict:
-    tasks = {"ground": 1.0, "vqa": 1.0, **({"attr": attr} if attr > 0 else {})}
+def train_config(model: dict, steps: int, lr: float, attr: float = 0.0, box: float = 0.0) -> dict:
+    tasks = {"ground": 1.0, "vqa": 1.0, **({"attr": attr} if attr > 0 else {}), **({"box": box} if box > 0 else {})}
     return {"model": model, "seed": 0, "batch_images": 4, "texts_per_image": 8, "log_every": 10, "threads": 1,
             "eval_every": 0, "val_max_items": 1, "export_fp16": False,
             "stages": [{"name": "finetune", "tasks": tasks, "steps": steps,
@@ -72,7 +73,12 @@ def score(model_dir: Path, data: Path, limit: int) -> dict:
     from essen_ros.model.predictor import Predictor
 
     items, _ = read_manifest(data)
-    items = [i for i in items if getattr(i, "task", None) in ("ground", "vqa")][:limit]
+    chosen = []
+    for task in ("ground", "vqa"):
+        of_task = [i for i in items if getattr(i, "task", None) == task]
+        step = max(1, len(of_task) // limit) if limit > 0 else 1
+        chosen += of_task[::step][:limit] if limit > 0 else of_task   # spread over the whole set
+    items = chosen
     results = evaluate_manifest(Predictor(load_model(model_dir)), items, data)
     m = results["metrics"]
     ground, vqa = m["grounding"], m["vqa"]
@@ -110,11 +116,17 @@ def main() -> int:
     ap.add_argument("--clevr", type=Path, default=None)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=1.5e-4)
-    ap.add_argument("--val-items", type=int, default=600)
-    ap.add_argument("--clevr-items", type=int, default=600)
+    ap.add_argument("--val-items", type=int, default=600,
+                    help="grounding items and VQA items each, spread over the set (0: all)")
+    ap.add_argument("--clevr-items", type=int, default=600, help="likewise for --clevr")
     ap.add_argument("--attr", type=float, default=0.0,
                     help="weight of the attribute aid (the shipped recipe uses 0.5; default 0: "
                          "grounding + VQA only, as in the paper)")
+    ap.add_argument("--box", type=float, default=0.0,
+                    help="weight of the object-box aid (the shipped recipe uses 1.0; default 0)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the models an earlier run of this command trained in --out again "
+                         "(other --val-items/--clevr-items) instead of training them anew")
     ap.add_argument("--only", nargs="*", help="names (substring match) of variants to run")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "compare")
     args = ap.parse_args()
@@ -127,20 +139,26 @@ def main() -> int:
         slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
         run = args.out / slug
         cfg_path = args.out / f"{slug}.yaml"
-        cfg_path.write_text(yaml.safe_dump(train_config(model, args.steps, args.lr, args.attr), sort_keys=False))
-        print(f"== {name}: training {args.steps} steps -> {run}", flush=True)
-        start = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "essen_ros.train", "--config", str(cfg_path),
-                            "--data", str(args.data), "--out", str(run)],
-                           cwd=REPO, capture_output=True, text=True)
-        minutes = (time.monotonic() - start) / 60
-        if r.returncode != 0:
-            print(r.stdout[-2000:], r.stderr[-3000:], file=sys.stderr)
-            _save(results_path, name,
-                  {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"})
-            continue
-        entry = {"params_m": round(params(run / "model"), 2), "steps": args.steps, "attr": args.attr,
-                 "train_minutes": round(minutes, 1), "val": score(run / "model", args.val, args.val_items)}
+        cfg_path.write_text(yaml.safe_dump(train_config(model, args.steps, args.lr, args.attr, args.box), sort_keys=False))
+        previous = json.loads(results_path.read_text()).get(name, {}) if results_path.is_file() else {}
+        if args.rescore and (run / "model" / "config.yaml").is_file() and "train_minutes" in previous:
+            print(f"== {name}: scoring the model trained before in {run}", flush=True)
+            minutes = previous["train_minutes"]
+        else:
+            print(f"== {name}: training {args.steps} steps -> {run}", flush=True)
+            start = time.monotonic()
+            r = subprocess.run([sys.executable, "-m", "essen_ros.train", "--config", str(cfg_path),
+                                "--data", str(args.data), "--out", str(run)],
+                               cwd=REPO, capture_output=True, text=True)
+            minutes = round((time.monotonic() - start) / 60, 1)
+            if r.returncode != 0:
+                print(r.stdout[-2000:], r.stderr[-3000:], file=sys.stderr)
+                _save(results_path, name,
+                      {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"})
+                continue
+        steps = json.loads((run / "model" / "metrics.json").read_text()).get("steps", args.steps)
+        entry = {"params_m": round(params(run / "model"), 2), "steps": steps, "attr": args.attr, "box": args.box,
+                 "train_minutes": minutes, "val": score(run / "model", args.val, args.val_items)}
         if args.clevr:
             entry["clevr_dev"] = score(run / "model", args.clevr, args.clevr_items)
         _save(results_path, name, entry)
