@@ -728,7 +728,9 @@ def stage_steps(stage: StageConfig, n_batches_per_epoch: int) -> int:
 
 
 def train(config: TrainConfig, model_config: ModelConfig, data: Path, out: Path,
-          val: Path | None = None, resume: bool = False) -> dict:
+          val: Path | None = None, resume: bool = False, init: Path | None = None) -> dict:
+    """Run the config's stages. `init`: start from that trained checkpoint's weights (its
+    model config replaces `model_config`) instead of the pretrained towers."""
     from tqdm import tqdm
 
     from essen_ros.model.checkpoint import load_model, save_checkpoint
@@ -752,7 +754,11 @@ def train(config: TrainConfig, model_config: ModelConfig, data: Path, out: Path,
                                            "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0,
                                            "stage_elapsed_s": 0.0, "evaluations": []}, None, None
         seed_everything(config.seed)
-        model = build_model(model_config, pretrained=True)
+        model = load_model(init) if init is not None else build_model(model_config, pretrained=True)
+        if init is not None:
+            model.train()
+            log.info("starting from the weights of %s (its model config; the train config's model is not used)", init)
+    model_config = model.config
     if is_main:
         log.info("model: %s", parameter_summary(model))
     model.to(device)
@@ -877,7 +883,8 @@ def train(config: TrainConfig, model_config: ModelConfig, data: Path, out: Path,
                 break
         if is_main:
             final_metrics = {
-                "data": str(data), "val": str(val) if val else None, "world_size": world, "device": str(device),
+                "data": str(data), "val": str(val) if val else None, "init": str(init) if init else None,
+                "world_size": world, "device": str(device),
                 "steps": progress["global_step"], "train_minutes": round(progress["elapsed_s"] / 60, 2),
                 "completed": not interrupted, "seed": config.seed,
                 "stages": [dataclasses.asdict(s) for s in config.stages],
@@ -922,6 +929,8 @@ def parse_args(argv=None):
     p.add_argument("--max-minutes", type=float, help="override every stage's time budget")
     p.add_argument("--steps", type=int, help="override every stage's step budget")
     p.add_argument("--threads", type=int, help="override the config's torch threads per process")
+    p.add_argument("--init", help="start from this trained checkpoint folder (e.g. models/essen-default) "
+                                  "instead of the pretrained towers: fine-tune it on your own data")
     return p.parse_args(argv)
 
 
@@ -953,6 +962,19 @@ def main(argv=None) -> int:
         if folder is not None and not (folder / "annotations.jsonl").is_file() and folder.suffix != ".jsonl":
             print(f"essen-train: {name} {folder}: no annotations.jsonl there", file=sys.stderr)
             return 2
+    init = Path(args.init) if args.init else None
+    if init is not None:
+        if args.resume:
+            print("essen-train: --init and --resume exclude each other (a resumed run has its own weights)",
+                  file=sys.stderr)
+            return 2
+        from essen_ros.model.checkpoint import CheckpointError, load_model
+
+        try:
+            load_model(init)  # checked before anything is written
+        except CheckpointError as err:
+            print(f"essen-train: --init: {err}", file=sys.stderr)
+            return 2
     if args.resume and not (out / "last" / "train_state.json").is_file():
         print(f"essen-train: --resume: no resumable checkpoint at {out / 'last'}", file=sys.stderr)
         return 2
@@ -960,7 +982,7 @@ def main(argv=None) -> int:
         print(f"essen-train: {out} already holds a run; use --resume or another --out", file=sys.stderr)
         return 2
     try:
-        metrics = train(config, model_config, data, out, val, resume=args.resume)
+        metrics = train(config, model_config, data, out, val, resume=args.resume, init=init)
     except KeyboardInterrupt:
         print(f"essen-train: interrupted; last good checkpoint in {out / 'last'} (continue with --resume)",
               file=sys.stderr)

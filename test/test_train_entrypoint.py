@@ -244,6 +244,38 @@ def test_resumed_log_keeps_the_columns_it_was_started_with(tmp_path):
     assert rows[0]["ground"] == "0.7" and rows[0]["loss"] == "1.0"
 
 
+def test_init_starts_from_the_given_checkpoint_and_records_it(toy, tmp_path, tiny_checkpoint):
+    from safetensors.torch import load_file
+
+    config = tmp_path / "one_step.yaml"
+    config.write_text(TINY_TRAIN.read_text().replace("model: model_tiny.yaml", f"model: {REPO / 'config' / 'model_default.yaml'}")
+                      .replace("lr: 1.0e-3", "lr: 1.0e-9"))
+    out = tmp_path / "run"
+    assert T.main(["--config", str(config), "--data", str(toy), "--out", str(out), "--steps", "1",
+                   "--init", str(tiny_checkpoint)]) == 0
+    # The checkpoint's own (tiny) model was trained, not the config's default model ...
+    assert load_model(out / "model").config == load_model(tiny_checkpoint).config
+    # ... starting from its weights (a learning rate of 1e-9 leaves them as they were).
+    before, after = load_file(str(tiny_checkpoint / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    # (BatchNorm running statistics are buffers, updated by any forward in train mode.)
+    weights = [k for k in before if "running_" not in k and "num_batches" not in k]
+    assert weights and all(torch.allclose(before[k].float(), after[k].float(), atol=1e-4) for k in weights)
+    assert json.loads((out / "model" / "metrics.json").read_text())["init"] == str(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--init", "{tmp}/not-a-checkpoint"], "checkpoint not found"),
+    (["--init", "{tmp}", "--resume"], "exclude each other"),
+])
+def test_bad_init_is_refused_before_any_work(toy, tmp_path, capsys, extra, message):
+    out = tmp_path / "o"
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    assert T.main(["--config", str(TINY_TRAIN), "--data", str(toy), "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_missing_data_folder_is_named(tmp_path, capsys):
     assert T.main(["--config", str(TINY_TRAIN), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 2
     assert "nodata" in capsys.readouterr().err
