@@ -276,6 +276,12 @@ def test_bad_init_is_refused_before_any_work(toy, tmp_path, capsys, extra, messa
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("train_*.yaml")))
+def test_committed_train_configs_load(name):
+    config, model_config = T.load_train_config(REPO / "config" / name)
+    assert config.stages and model_config.input_size
+
+
 def test_missing_data_folder_is_named(tmp_path, capsys):
     assert T.main(["--config", str(TINY_TRAIN), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 2
     assert "nodata" in capsys.readouterr().err
