@@ -139,12 +139,15 @@ def main() -> int:
         slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
         run = args.out / slug
         cfg_path = args.out / f"{slug}.yaml"
-        cfg_path.write_text(yaml.safe_dump(train_config(model, args.steps, args.lr, args.attr, args.box), sort_keys=False))
         previous = json.loads(results_path.read_text()).get(name, {}) if results_path.is_file() else {}
+        recipe = {"attr": args.attr, "box": args.box}
         if args.rescore and (run / "model" / "config.yaml").is_file() and "train_minutes" in previous:
             print(f"== {name}: scoring the model trained before in {run}", flush=True)
             minutes = previous["train_minutes"]
+            recipe = {k: previous.get(k, 0.0) for k in recipe}   # as it was trained, not as asked now
         else:
+            cfg_path.write_text(yaml.safe_dump(train_config(model, args.steps, args.lr, args.attr, args.box),
+                                               sort_keys=False))
             print(f"== {name}: training {args.steps} steps -> {run}", flush=True)
             start = time.monotonic()
             r = subprocess.run([sys.executable, "-m", "essen_ros.train", "--config", str(cfg_path),
@@ -157,7 +160,7 @@ def main() -> int:
                       {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"})
                 continue
         steps = json.loads((run / "model" / "metrics.json").read_text()).get("steps", args.steps)
-        entry = {"params_m": round(params(run / "model"), 2), "steps": steps, "attr": args.attr, "box": args.box,
+        entry = {"params_m": round(params(run / "model"), 2), "steps": steps, **recipe,
                  "train_minutes": minutes, "val": score(run / "model", args.val, args.val_items)}
         if args.clevr:
             entry["clevr_dev"] = score(run / "model", args.clevr, args.clevr_items)
