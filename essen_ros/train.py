@@ -946,10 +946,11 @@ def main(argv=None) -> int:
         return 2
     if args.seed is not None:
         config.seed = args.seed
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"essen-train: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+    for flag, value in (("--threads", args.threads), ("--steps", args.steps), ("--max-minutes", args.max_minutes)):
+        if value is not None and not value > 0:  # 0 would mean "no budget": a run that never ends
+            print(f"essen-train: {flag} must be > 0, got {value}", file=sys.stderr)
             return 2
+    if args.threads is not None:
         config.threads = args.threads
     for stage in config.stages:
         if args.max_minutes is not None:

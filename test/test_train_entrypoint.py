@@ -225,10 +225,13 @@ def test_impossible_model_shape_is_named_before_any_work(toy, tmp_path, capsys):
     assert "fusion.width" in capsys.readouterr().err
 
 
-def test_zero_threads_is_refused_before_any_work(toy, tmp_path, capsys):
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--threads", "-3"), ("--steps", "0"),
+                                         ("--max-minutes", "0"), ("--max-minutes", "-1")])
+def test_budget_and_thread_overrides_must_be_positive(toy, tmp_path, capsys, flag, value):
+    """--steps 0 / --max-minutes 0 would leave a stage without any budget: it would never end."""
     out = tmp_path / "o"
-    assert T.main(["--config", str(TINY_TRAIN), "--data", str(toy), "--out", str(out), "--threads", "0"]) == 2
-    assert "--threads" in capsys.readouterr().err
+    assert T.main(["--config", str(TINY_TRAIN), "--data", str(toy), "--out", str(out), flag, value]) == 2
+    assert f"{flag} must be > 0" in capsys.readouterr().err
     assert not out.exists()
 
 
