@@ -974,7 +974,7 @@ def main(argv=None) -> int:
         try:
             load_model(init)  # checked before anything is written
         except CheckpointError as err:
-            print(f"essen-train: --init: {err}", file=sys.stderr)
+            print(f"essen-train: --init: {' '.join(str(err).split())}", file=sys.stderr)  # one line
             return 2
     if args.resume and not (out / "last" / "train_state.json").is_file():
         print(f"essen-train: --resume: no resumable checkpoint at {out / 'last'}", file=sys.stderr)

@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,12 +271,17 @@ def test_init_starts_from_the_given_checkpoint_and_records_it(toy, tmp_path, tin
 @pytest.mark.parametrize("extra, message", [
     (["--init", "{tmp}/not-a-checkpoint"], "checkpoint not found"),
     (["--init", "{tmp}", "--resume"], "exclude each other"),
+    (["--init", "{tmp}/broken"], "bad config.yaml"),
 ])
-def test_bad_init_is_refused_before_any_work(toy, tmp_path, capsys, extra, message):
+def test_bad_init_is_refused_before_any_work(toy, tmp_path, capsys, tiny_checkpoint, extra, message):
+    broken = tmp_path / "broken"                       # a checkpoint whose config.yaml does not parse
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "config.yaml").write_text("kind: [two_tower\n  input_size: {\n")
     out = tmp_path / "o"
     extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
     assert T.main(["--config", str(TINY_TRAIN), "--data", str(toy), "--out", str(out), *extra]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
