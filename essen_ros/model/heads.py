@@ -44,6 +44,16 @@ def as_grid(grid) -> Grid:
     return grid if isinstance(grid, Grid) else Grid(*grid)
 
 
+def cell_centres(grid, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y of every cell centre (h*w each, row-major), as fractions of the input size,
+    on `like`'s device and dtype."""
+    grid = as_grid(grid)
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h, device=like.device, dtype=like.dtype),
+                            torch.arange(w, device=like.device, dtype=like.dtype), indexing="ij")
+    return ((xs + 0.5) * grid.cell_w).reshape(-1), ((ys + 0.5) * grid.cell_h).reshape(-1)
+
+
 def mlp(width_in: int, hidden: int, width_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width_in, hidden), nn.LayerNorm(hidden), nn.GELU(),
                          nn.Dropout(dropout), nn.Linear(hidden, width_out))
@@ -80,11 +90,7 @@ class GroundingHead(nn.Module):
     def forward(self, image_tokens, pooled, grid):
         """-> cell_logits (B, h*w), boxes (B, h*w, 4) normalised xyxy, found_logit (B,)."""
         out = self.cells(image_tokens[:, 1:])
-        grid = as_grid(grid)
-        h, w = grid
-        ys, xs = torch.meshgrid(torch.arange(h, device=out.device, dtype=out.dtype),
-                                torch.arange(w, device=out.device, dtype=out.dtype), indexing="ij")
-        cx, cy = ((xs + 0.5) * grid.cell_w).reshape(-1), ((ys + 0.5) * grid.cell_h).reshape(-1)
+        cx, cy = cell_centres(grid, out)
         dist = F.softplus(out[..., 1:])
         boxes = torch.stack([cx - dist[..., 0], cy - dist[..., 1], cx + dist[..., 2], cy + dist[..., 3]], dim=-1)
         return out[..., 0], boxes, self.found(pooled).squeeze(-1)
@@ -156,11 +162,7 @@ def target_cells(boxes_norm: torch.Tensor, grid) -> torch.Tensor:
 def object_cell_mask(obj_boxes: torch.Tensor, grid) -> torch.Tensor:
     """(n_objects, h*w) bool: the cells that regress each object's box (normalised xyxy):
     its centre cell and every cell whose centre lies inside the box."""
-    grid = as_grid(grid)
-    h, w = grid
-    ys, xs = torch.meshgrid(torch.arange(h, device=obj_boxes.device, dtype=obj_boxes.dtype),
-                            torch.arange(w, device=obj_boxes.device, dtype=obj_boxes.dtype), indexing="ij")
-    cx, cy = ((xs + 0.5) * grid.cell_w).reshape(1, -1), ((ys + 0.5) * grid.cell_h).reshape(1, -1)
+    cx, cy = (c[None] for c in cell_centres(grid, obj_boxes))
     b = obj_boxes[:, :, None]
     inside = (cx > b[:, 0]) & (cx < b[:, 2]) & (cy > b[:, 1]) & (cy < b[:, 3])
     inside[torch.arange(len(obj_boxes), device=obj_boxes.device), target_cells(obj_boxes, grid)] = True
